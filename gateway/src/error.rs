@@ -1,0 +1,58 @@
+//! HTTP error answers: a status from the code table and a JSON body.
+
+use axum::{
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use crate::codes::ErrorCode;
+
+/// A refused HTTP request: `{"error":{"code":..,"message":..}}` with the code's status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The code's default reason as the message.
+    pub fn plain(code: ErrorCode) -> Self {
+        Self {
+            code,
+            message: code.info().reason.into(),
+        }
+    }
+}
+
+impl From<fanout::BrokerError> for ApiError {
+    fn from(e: fanout::BrokerError) -> Self {
+        match e {
+            fanout::BrokerError::Unavailable(cause) => {
+                tracing::warn!(%cause, "broker unavailable");
+                Self::plain(ErrorCode::Unavailable)
+            }
+            fanout::BrokerError::Rejected(why) => Self::new(ErrorCode::BadRequest, why),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let info = self.code.info();
+        let body = json!({"error": {"code": info.code, "message": self.message}});
+        let mut resp = (info.status, Json(body)).into_response();
+        if info.retry {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

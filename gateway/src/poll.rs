@@ -1,0 +1,184 @@
+//! The long-poll transport: `GET /v1/poll?channel=..&cursor=..&timeout=..`.
+//!
+//! Stateless between requests: the cursor carries everything, so the next
+//! poll may go to any node. A poll first reads history after the cursor and
+//! answers at once when anything is there (or the cursor could not be
+//! honoured). Otherwise it parks a subscriber, positioned exactly where that
+//! read left off, until a message arrives, the timeout passes, or the node
+//! drains. `timeout=0` never parks: that is interval polling.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{RawQuery, State},
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+    Extension,
+};
+use fanout::{Channel, Event, MultiPosition, Position, SharedMessage, SubscribeError};
+
+use crate::{
+    app::{App, ConnInfo, Gauge, Query},
+    codes::ErrorCode,
+    error::ApiError,
+};
+
+/// What one poll answers.
+struct Answer {
+    messages: Vec<SharedMessage>,
+    positions: Vec<Position>,
+    recovered: bool,
+    /// The hold actually applied, when the request asked for more than the maximum.
+    clamped: Option<u64>,
+}
+
+pub async fn handler(
+    State(app): State<App>,
+    RawQuery(raw): RawQuery,
+    Extension(conn): Extension<ConnInfo>,
+) -> Result<Response, ApiError> {
+    let cfg = &app.config;
+    let query = Query::parse(raw.as_deref());
+    let channels = query.channels(cfg.max_channels)?;
+    if channels.is_empty() {
+        return Err(ApiError::plain(ErrorCode::NoChannel));
+    }
+    let cursor = match query.get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            MultiPosition::parse(c, channels.len())
+                .map_err(|e| ApiError::new(ErrorCode::BadPosition, format!("cursor: {e}")))?,
+        ),
+    };
+    let asked = match query.get("timeout") {
+        None => cfg.poll_timeout,
+        Some(t) => t.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "timeout must be a whole number of seconds",
+            )
+        })?,
+    };
+    let hold = asked.min(cfg.poll_max_timeout);
+    let clamped = (asked > hold).then_some(hold);
+
+    let _gauge = Gauge::up(app.clone(), |m| &m.poll);
+    let mut answer = read_now(&app, &channels, cursor.as_ref()).await?;
+    answer.clamped = clamped;
+    if answer.messages.is_empty() && answer.recovered && hold > 0 && !app.shutdown.is_cancelled() {
+        park(
+            &app,
+            &conn,
+            &channels,
+            &mut answer,
+            Duration::from_secs(hold),
+        )
+        .await?;
+    }
+    Ok(render(answer))
+}
+
+/// Reads every channel after its cursor position.
+async fn read_now(
+    app: &App,
+    channels: &[Channel],
+    cursor: Option<&MultiPosition>,
+) -> Result<Answer, ApiError> {
+    let limit = app.config.poll_max_messages;
+    let mut answer = Answer {
+        messages: Vec::new(),
+        positions: Vec::new(),
+        recovered: true,
+        clamped: None,
+    };
+    for (i, ch) in channels.iter().enumerate() {
+        let since = cursor.and_then(|c| c.0.get(i));
+        let (subscribed, msgs) = app.hub.read(ch, since).await?;
+        answer.recovered &= subscribed.recovered;
+        let mut pos = subscribed.position;
+        for m in msgs {
+            if answer.messages.len() >= limit {
+                break;
+            }
+            pos = m.position();
+            answer.messages.push(m);
+        }
+        answer.positions.push(pos);
+    }
+    Ok(answer)
+}
+
+/// Waits for the first message after the answer's positions, then takes all that are ready.
+async fn park(
+    app: &App,
+    conn: &ConnInfo,
+    channels: &[Channel],
+    answer: &mut Answer,
+    hold: Duration,
+) -> Result<(), ApiError> {
+    let mut sub = app.hub.subscriber_with_alarm(conn.alarm.clone());
+    for (ch, pos) in channels.iter().zip(&answer.positions) {
+        sub.subscribe(ch.clone(), Some(pos))
+            .await
+            .map_err(|e| match e {
+                SubscribeError::Broker(b) => ApiError::from(b),
+                other => ApiError::new(ErrorCode::BadRequest, other.to_string()),
+            })?;
+    }
+
+    let first = tokio::select! {
+        ev = sub.next() => ev,
+        _ = tokio::time::sleep(hold) => return Ok(()),
+        _ = app.shutdown.cancelled() => return Ok(()),
+    };
+    let mut ev = first.ok();
+    while let Some(e) = ev.take() {
+        match e {
+            Event::Message(m) => {
+                if let Some(i) = channels.iter().position(|c| *c == m.channel) {
+                    answer.positions[i] = m.position();
+                }
+                answer.messages.push(m);
+            }
+            Event::Reset(s) => {
+                if let Some(i) = channels.iter().position(|c| *c == s.channel) {
+                    answer.positions[i] = s.position;
+                }
+                answer.recovered = false;
+            }
+        }
+        if answer.messages.len() < app.config.poll_max_messages {
+            ev = sub.try_next().ok().flatten();
+        }
+    }
+    Ok(())
+}
+
+/// `{"messages":[...],"cursor":"..","recovered":..}`, splicing the shared envelopes in.
+fn render(answer: Answer) -> Response {
+    let size: usize = answer.messages.iter().map(|m| m.size() + 1).sum();
+    let mut body = String::with_capacity(size + 128);
+    body.push_str(r#"{"messages":["#);
+    for (i, m) in answer.messages.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(m.envelope_str());
+    }
+    body.push_str(r#"],"cursor":""#);
+    body.push_str(&MultiPosition(answer.positions).to_string());
+    body.push_str(r#"","recovered":"#);
+    body.push_str(if answer.recovered { "true" } else { "false" });
+    if let Some(t) = answer.clamped {
+        body.push_str(&format!(r#","timeout":{t},"timeout_clamped":true"#));
+    }
+    body.push('}');
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,259 @@
+//! The Server-Sent Events transport: `GET /v1/sse?channel=..`.
+//!
+//! Each message is one event: `id:` is the connection's multi-channel
+//! position after it (so a browser's automatic reconnect resumes exactly) and
+//! `data:` is the envelope, framed once per message and shared by every
+//! stream. Per channel, a `subscribed` event opens the stream, with
+//! `recovered:false` when the requested position could not be honoured.
+//! Comment heartbeats keep idle streams open through proxies.
+
+use std::{collections::HashMap, convert::Infallible};
+
+use axum::{
+    body::Body,
+    extract::{RawQuery, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::Response,
+    Extension,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use fanout::{Channel, Event, MultiPosition, Position, SubscribeError, Subscriber};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::{
+    app::{subscribed_json, App, ConnInfo, Gauge, Query},
+    codes::ErrorCode,
+    error::ApiError,
+};
+
+/// The encoding slot of a message's SSE `data:` lines, built once per message.
+const SSE_SLOT: usize = 1;
+
+/// Most events gathered into one write.
+const MAX_BATCH: usize = 64;
+
+/// Opens an event stream on the channels named in the query.
+pub async fn handler(
+    State(app): State<App>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    Extension(conn): Extension<ConnInfo>,
+) -> Result<Response, ApiError> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::plain(ErrorCode::ShuttingDown));
+    }
+    let query = Query::parse(raw.as_deref());
+    let channels = query.channels(app.config.max_channels)?;
+    if channels.is_empty() {
+        return Err(ApiError::plain(ErrorCode::NoChannel));
+    }
+
+    // The header wins over the query parameter (EventSource sets it on reconnect).
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query.get("last_event_id"));
+    let since = last_id.map(|s| MultiPosition::parse(s, channels.len()).ok());
+
+    let mut sub = app.hub.subscriber_with_alarm(conn.alarm.clone());
+    let mut head = BytesMut::new();
+    head.put_slice(format!("retry: {}\n\n", app.config.sse_retry_ms).as_bytes());
+    let mut positions = Vec::with_capacity(channels.len());
+    let mut subscribed = Vec::with_capacity(channels.len());
+    for (i, ch) in channels.iter().enumerate() {
+        let pos = match &since {
+            Some(Some(m)) => m.0.get(i),
+            _ => None,
+        };
+        let mut s = sub.subscribe(ch.clone(), pos).await.map_err(|e| match e {
+            SubscribeError::Broker(b) => ApiError::from(b),
+            other => ApiError::new(ErrorCode::BadRequest, other.to_string()),
+        })?;
+        s.recovered &= !matches!(since, Some(None));
+        positions.push(s.position.clone());
+        subscribed.push(s);
+    }
+    let id = MultiPosition(positions.clone()).to_string();
+    for s in &subscribed {
+        put_event(
+            &mut head,
+            Some("subscribed"),
+            &id,
+            subscribed_json(s).as_bytes(),
+        );
+    }
+
+    let index = channels
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, c)| (c, i))
+        .collect();
+    let gauge = Gauge::up(app.clone(), |m| &m.sse);
+    let stream = Stream {
+        app: app.clone(),
+        sub,
+        positions,
+        index,
+        conn: conn.clone(),
+        _gauge: gauge,
+    };
+    let body = futures::stream::once(async move { Ok::<_, Infallible>(head.freeze()) }).chain(
+        futures::stream::unfold(Some(stream), |state| async move {
+            let mut state = state?;
+            let (chunk, go_on) = state.next_chunk().await;
+            Some((Ok::<_, Infallible>(chunk), go_on.then_some(state)))
+        }),
+    );
+
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// One open event stream.
+struct Stream {
+    app: App,
+    sub: Subscriber,
+    /// Each channel's position, in the request's channel order: the `id:` of the next event.
+    positions: Vec<Position>,
+    /// Channel to its index in `positions`.
+    index: HashMap<Channel, usize>,
+    conn: ConnInfo,
+    /// Counts this stream as open for as long as it lives.
+    _gauge: Gauge,
+}
+
+impl Stream {
+    /// The next bytes to send, and whether the stream goes on after them.
+    async fn next_chunk(&mut self) -> (Bytes, bool) {
+        let heartbeat = self.app.config.sse_heartbeat();
+        let shutdown = self.app.shutdown.clone();
+        let deadline = Instant::now() + heartbeat;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let retry = self.app.reconnect_delay().as_millis();
+                (Bytes::from(format!("retry: {retry}\n\n")), false)
+            }
+            ev = self.sub.next() => match ev {
+                Ok(ev) => (self.batch(ev), true),
+                Err(_) => {
+                    self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(transport = "sse", peer = %self.conn.peer, reason = "slow consumer", "close");
+                    (Bytes::new(), false)
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => (Bytes::from_static(b": heartbeat\n\n"), true),
+        }
+    }
+
+    /// Frames `first` and every event ready after it into one buffer.
+    fn batch(&mut self, first: Event) -> Bytes {
+        let mut buf = BytesMut::new();
+        let mut ev = Some(first);
+        let mut n = 0;
+        while let Some(e) = ev.take() {
+            self.put(&mut buf, &e);
+            n += 1;
+            if n < MAX_BATCH {
+                ev = self.sub.try_next().ok().flatten();
+            }
+        }
+        buf.freeze()
+    }
+
+    fn put(&mut self, buf: &mut BytesMut, ev: &Event) {
+        match ev {
+            Event::Message(m) => {
+                if let Some(&i) = self.index.get(&m.channel) {
+                    self.positions[i] = m.position();
+                }
+                let id = MultiPosition(self.positions.clone()).to_string();
+                let data = m.encoded(SSE_SLOT, |m| data_lines(m.envelope()));
+                buf.put_slice(b"id: ");
+                buf.put_slice(id.as_bytes());
+                buf.put_u8(b'\n');
+                match data {
+                    Some(d) => buf.put_slice(d),
+                    None => buf.put_slice(&data_lines(m.envelope())),
+                }
+                buf.put_u8(b'\n');
+            }
+            Event::Reset(s) => {
+                if let Some(&i) = self.index.get(&s.channel) {
+                    self.positions[i] = s.position.clone();
+                }
+                let id = MultiPosition(self.positions.clone()).to_string();
+                put_event(buf, Some("subscribed"), &id, subscribed_json(s).as_bytes());
+            }
+        }
+    }
+}
+
+/// Appends one complete event.
+fn put_event(buf: &mut BytesMut, event: Option<&str>, id: &str, data: &[u8]) {
+    if let Some(name) = event {
+        buf.put_slice(b"event: ");
+        buf.put_slice(name.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_u8(b'\n');
+    buf.put_slice(&data_lines(data));
+    buf.put_u8(b'\n');
+}
+
+/// `data:` lines for a payload: one per line of it, CR, LF and CRLF all being
+/// line breaks, so no payload byte can start a field or end the event.
+pub fn data_lines(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 8);
+    let mut rest = payload;
+    loop {
+        let cut = rest.iter().position(|&b| b == b'\n' || b == b'\r');
+        out.put_slice(b"data: ");
+        match cut {
+            None => {
+                out.put_slice(rest);
+                out.put_u8(b'\n');
+                break;
+            }
+            Some(i) => {
+                out.put_slice(&rest[..i]);
+                out.put_u8(b'\n');
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_line_break_starts_a_new_data_line() {
+        assert_eq!(&data_lines(b"a")[..], b"data: a\n");
+        assert_eq!(&data_lines(b"")[..], b"data: \n");
+        assert_eq!(
+            &data_lines(b"a\nb\rc\r\nd")[..],
+            b"data: a\ndata: b\ndata: c\ndata: d\n"
+        );
+        assert_eq!(&data_lines(b"a\n")[..], b"data: a\ndata: \n");
+    }
+}

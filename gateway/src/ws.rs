@@ -1,0 +1,344 @@
+//! The WebSocket transport: `GET /v1/ws`, JSON text frames both ways.
+//!
+//! One task per connection selects over three things: frames from the client
+//! (operations), events from its [`fanout::Subscriber`], and one ping timer
+//! that also detects a silent peer. Writes coalesce every event ready at that
+//! moment into one flush, and a write that cannot proceed while the queue
+//! overflows ends the connection as a slow consumer.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        RawQuery, State,
+    },
+    response::Response,
+    Extension,
+};
+use fanout::{Channel, Event, MultiPosition, Position, SubscribeError, Subscriber};
+use futures::SinkExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::{timeout, Instant};
+
+use crate::{
+    app::{subscribed_json, App, ConnInfo, Gauge, Query},
+    codes::{Close, ErrorCode},
+    error::ApiError,
+};
+
+/// The encoding slot of a message's WebSocket text frame, built once per message.
+const WS_SLOT: usize = 0;
+
+/// Most events written between two flushes, so one busy connection cannot
+/// hold its task for long.
+const MAX_BATCH: usize = 64;
+
+/// How long the gateway waits for its close frame to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Upgrades to a WebSocket after checking the channels named in the query.
+pub async fn handler(
+    State(app): State<App>,
+    RawQuery(raw): RawQuery,
+    Extension(conn): Extension<ConnInfo>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if app.shutdown.is_cancelled() {
+        return Err(ApiError::plain(ErrorCode::ShuttingDown));
+    }
+    let query = Query::parse(raw.as_deref());
+    let channels = query.channels(app.config.max_channels)?;
+    // A malformed `since` is not refused: those channels resume with `recovered: false`.
+    let since = query
+        .get("since")
+        .map(|s| MultiPosition::parse(s, channels.len()).ok());
+
+    let max = app.config.ws_max_message;
+    let upgrade = upgrade
+        .read_buffer_size(1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let _task = app.tracker.token();
+        let _gauge = Gauge::up(app.clone(), |m| &m.ws);
+        tracing::info!(transport = "ws", peer = %conn.peer, "open");
+        let mut session = Session {
+            sub: app.hub.subscriber(),
+            app: app.clone(),
+            socket,
+        };
+        let why = session.run(channels, since).await;
+        tracing::info!(transport = "ws", peer = %conn.peer, reason = why, "close");
+    }))
+}
+
+/// A client operation, decoded loosely so each mistake gets its own error code.
+#[derive(Deserialize)]
+struct Op {
+    op: Option<String>,
+    channel: Option<String>,
+    since: Option<String>,
+}
+
+struct Session {
+    app: App,
+    socket: WebSocket,
+    sub: Subscriber,
+}
+
+impl Session {
+    /// Serves the connection until it ends; returns why it ended, for the log.
+    async fn run(
+        &mut self,
+        channels: Vec<Channel>,
+        since: Option<Option<MultiPosition>>,
+    ) -> &'static str {
+        for (i, ch) in channels.into_iter().enumerate() {
+            let pos = match &since {
+                None => None,
+                Some(Some(m)) => m.0.get(i).cloned().map(Ok),
+                Some(None) => Some(Err(())),
+            };
+            if self.subscribe(ch, pos).await.is_err() {
+                return "write failed";
+            }
+        }
+
+        let cfg = &self.app.config;
+        let (ping_every, idle_limit) = (cfg.ws_ping(), cfg.ws_idle_timeout());
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut last_heard = Instant::now();
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let delay = self.app.reconnect_delay().as_millis() as u64;
+                    let advice = json!({"type": "reconnect", "delay_ms": delay}).to_string();
+                    let _ = timeout(CLOSE_WAIT, self.socket.send(Message::Text(advice.into()))).await;
+                    self.close(Close::GoingAway).await;
+                    return "drain";
+                }
+                frame = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None => return "peer closed",
+                        Some(Ok(Message::Text(text))) => {
+                            if self.on_text(&text).await.is_err() {
+                                return "write failed";
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.close(Close::UnsupportedData).await;
+                            return "binary frame";
+                        }
+                        Some(Ok(Message::Ping(_))) => {
+                            // The pong is queued by the library; send it now, not with the next message.
+                            if timeout(idle_limit, self.socket.flush()).await.is_err() {
+                                return "write timeout";
+                            }
+                        }
+                        Some(Ok(Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) => return "peer closed",
+                        Some(Err(e)) => {
+                            let close = classify(e);
+                            if let Some(close) = close {
+                                self.close(close).await;
+                            }
+                            return "protocol error";
+                        }
+                    }
+                }
+                ev = self.sub.next() => {
+                    let Ok(ev) = ev else {
+                        self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.close(Close::SlowConsumer).await;
+                        return "slow consumer";
+                    };
+                    match self.write_events(ev, idle_limit).await {
+                        Ok(()) => {}
+                        Err(why) => return why,
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_limit {
+                        self.close(Close::PingTimeout).await;
+                        return "ping timeout";
+                    }
+                    if timeout(idle_limit, self.socket.send(Message::Ping(Default::default()))).await.is_err() {
+                        return "write timeout";
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and every event ready after it, then flushes once.
+    async fn write_events(&mut self, first: Event, wait: Duration) -> Result<(), &'static str> {
+        let mut frames = vec![frame(&first)];
+        while frames.len() < MAX_BATCH {
+            match self.sub.try_next() {
+                Ok(Some(ev)) => frames.push(frame(&ev)),
+                Ok(None) => break,
+                Err(_) => break, // reported by the next `next()`
+            }
+        }
+        let socket = &mut self.socket;
+        let write = async {
+            for f in frames {
+                socket.feed(f).await?;
+            }
+            socket.flush().await
+        };
+        tokio::select! {
+            r = timeout(wait, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err("write failed"),
+                Err(_) => Err("write timeout"),
+            },
+            _ = self.sub.lagged() => {
+                self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err("slow consumer")
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), axum::Error> {
+        let op: Op = match serde_json::from_str(text) {
+            Ok(op) => op,
+            Err(e) => return self.error(ErrorCode::BadJson, &e.to_string(), None).await,
+        };
+        match op.op.as_deref() {
+            Some("subscribe") => {
+                let Some(name) = op.channel else {
+                    return self
+                        .error(ErrorCode::BadRequest, "subscribe needs a channel", None)
+                        .await;
+                };
+                let channel = match Channel::new(&name) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return self
+                            .error(ErrorCode::BadChannel, &e.to_string(), Some(&name))
+                            .await
+                    }
+                };
+                let since = op.since.map(|s| Position::parse(&s).map_err(|_| ()));
+                self.subscribe(channel, since).await
+            }
+            Some("unsubscribe") => {
+                let Some(name) = op.channel else {
+                    return self
+                        .error(ErrorCode::BadRequest, "unsubscribe needs a channel", None)
+                        .await;
+                };
+                let held = Channel::new(&name)
+                    .map(|c| self.sub.unsubscribe(&c))
+                    .unwrap_or(false);
+                if !held {
+                    let reason = ErrorCode::NotSubscribed.info().reason;
+                    return self
+                        .error(ErrorCode::NotSubscribed, reason, Some(&name))
+                        .await;
+                }
+                let frame = json!({"type": "unsubscribed", "channel": name}).to_string();
+                self.send(frame).await
+            }
+            Some("ping") => self.send(r#"{"type":"pong"}"#.to_string()).await,
+            _ => {
+                let reason = ErrorCode::UnknownOp.info().reason;
+                self.error(ErrorCode::UnknownOp, reason, None).await
+            }
+        }
+    }
+
+    /// Subscribes and answers with `subscribed` or an error frame. A malformed
+    /// position (`Err`) resumes from now with `recovered: false`.
+    async fn subscribe(
+        &mut self,
+        channel: Channel,
+        since: Option<Result<Position, ()>>,
+    ) -> Result<(), axum::Error> {
+        let malformed = matches!(since, Some(Err(())));
+        let since = since.and_then(Result::ok);
+        match self.sub.subscribe(channel.clone(), since.as_ref()).await {
+            Ok(mut s) => {
+                s.recovered &= !malformed;
+                self.send(subscribed_json(&s)).await
+            }
+            Err(e) => {
+                let code = match &e {
+                    SubscribeError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
+                    SubscribeError::TooManyChannels(_) => ErrorCode::TooManyChannels,
+                    SubscribeError::Broker(_) => ErrorCode::Unavailable,
+                };
+                self.error(code, &e.to_string(), Some(channel.as_str()))
+                    .await
+            }
+        }
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        reason: &str,
+        channel: Option<&str>,
+    ) -> Result<(), axum::Error> {
+        let mut frame = json!({"type": "error", "code": code.info().code, "reason": reason});
+        if let Some(ch) = channel {
+            frame["channel"] = ch.into();
+        }
+        self.send(frame.to_string()).await
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), axum::Error> {
+        let limit = self.app.config.ws_idle_timeout();
+        match timeout(limit, self.socket.send(Message::Text(text.into()))).await {
+            Ok(r) => r,
+            Err(_) => Err(axum::Error::new("write timeout")),
+        }
+    }
+
+    /// Sends one close frame from the table (bounded wait; the peer may be gone).
+    async fn close(&mut self, close: Close) {
+        let frame = CloseFrame {
+            code: close.code(),
+            reason: Utf8Bytes::from_static(close.reason()),
+        };
+        let _ = timeout(CLOSE_WAIT, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// A subscriber event as a text frame; message frames are shared by every connection.
+fn frame(ev: &Event) -> Message {
+    match ev {
+        Event::Message(m) => {
+            let text = m.encoded(WS_SLOT, |m| {
+                Utf8Bytes::try_from(m.envelope().clone())
+                    .unwrap_or_else(|_| Utf8Bytes::from(m.envelope_str()))
+            });
+            Message::Text(
+                text.cloned()
+                    .unwrap_or_else(|| Utf8Bytes::from(m.envelope_str())),
+            )
+        }
+        Event::Reset(s) => Message::Text(subscribed_json(s).into()),
+    }
+}
+
+/// The close code answering a failed read, if the connection can still carry one.
+fn classify(e: axum::Error) -> Option<Close> {
+    let inner = e.into_inner();
+    let Some(e) = inner.downcast_ref::<tungstenite::Error>() else {
+        return Some(Close::ProtocolError);
+    };
+    match e {
+        tungstenite::Error::Utf8(_) => Some(Close::InvalidPayload),
+        tungstenite::Error::Capacity(_) => Some(Close::TooBig),
+        tungstenite::Error::Protocol(_) => Some(Close::ProtocolError),
+        _ => None,
+    }
+}
