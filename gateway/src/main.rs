@@ -1,41 +1,10 @@
-//! The gateway binary: a real-time notification gateway node.
-//!
-//! - [`config`]: flags and environment variables.
-//! - [`app`]: shared node state and the router (one port for everything).
-//! - [`server`]: the accept loop and per-connection control.
-//! - [`ws`], [`sse`], [`poll`]: the client transports, thin adapters between a
-//!   [`fanout::Subscriber`] and bytes on a socket.
-//! - [`publish`]: the publish API for backends.
-//! - [`status`]: the status page, health and metrics.
-//! - [`codes`]: every error and close code the gateway sends.
-//! - [`error`]: HTTP error answers.
-//!
-//! Start-up: raise the open-file limit, connect the broker, bind, print the
-//! bound address on stdout, serve. On SIGTERM or Ctrl-C the node drains: it
-//! stops accepting, advises every client to reconnect elsewhere, lets queued
-//! messages flush, and exits 0 within the drain deadline; a second signal
-//! exits at once.
-
-mod app;
-mod codes;
-mod config;
-mod error;
-mod poll;
-mod publish;
-mod server;
-mod sse;
-mod status;
-mod ws;
-
-use std::{io::Write, sync::Arc, time::Duration};
+//! The `gateway` binary: parse flags, install logging, raise the open-file
+//! limit, and run a node (see the library's docs for what a node does).
 
 use anyhow::Context;
 use clap::Parser;
-use fanout::{HistoryConfig, Hub, RedisConfig, SubscriberLimits};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use gateway::{codes, config::Config};
 use tracing_subscriber::EnvFilter;
-
-use crate::{app::AppState, config::Config};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -59,93 +28,5 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let history = HistoryConfig {
-        size: config.history_size,
-        age: Duration::from_secs(config.history_age.max(1)),
-    };
-    let limits = SubscriberLimits {
-        queue_messages: config.queue_messages.max(1),
-        queue_bytes: config.queue_bytes.max(1),
-        max_channels: config.max_channels.max(1),
-        watch_timeout: Duration::from_secs(config.redis_timeout.max(1) * 2),
-    };
-    let hub = match &config.redis {
-        None => Hub::memory(history, limits),
-        Some(url) => {
-            let mut rc = RedisConfig::new(url.clone());
-            rc.history = history;
-            rc.max_data = config.max_payload;
-            rc.command_timeout = Duration::from_secs(config.redis_timeout.max(1));
-            Hub::redis(rc, limits).context("configuring the Redis broker")?
-        }
-    };
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-
-    let app = Arc::new(AppState {
-        hub,
-        config,
-        shutdown: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-        metrics: Default::default(),
-    });
-    let router = app::router(app.clone());
-
-    // The one line on stdout: scripts and tests read the bound address from it.
-    let mut out = std::io::stdout();
-    writeln!(out, "listening on {addr}").context("writing to stdout")?;
-    out.flush().context("writing to stdout")?;
-    tracing::info!(%addr, broker = app.hub.broker_name(), "gateway listening on http://{addr}/");
-
-    let signals = tokio::spawn(watch_signals(app.shutdown.clone()));
-    server::serve(listener, router, app.clone()).await;
-
-    // Draining: clients were told to go; wait for them within the deadline.
-    app.tracker.close();
-    let deadline = app.config.drain_timeout();
-    if tokio::time::timeout(deadline, app.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = app.tracker.len(),
-            "drain deadline passed; closing the rest"
-        );
-    }
-    signals.abort();
-    tracing::info!("drained; exiting");
-    Ok(())
-}
-
-/// First SIGTERM or Ctrl-C starts the drain; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(cause = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    let first = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    };
-    tracing::info!(
-        signal = first,
-        "draining: no new connections, clients advised to reconnect"
-    );
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(1);
+    runtime.block_on(gateway::run(config))
 }

@@ -141,8 +141,14 @@ impl Stream {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
+                // Flush what is queued, then advise a jittered reconnect and end.
+                let mut buf = BytesMut::new();
+                while let Ok(Some(ev)) = self.sub.try_next() {
+                    self.put(&mut buf, &ev);
+                }
                 let retry = self.app.reconnect_delay().as_millis();
-                (Bytes::from(format!("retry: {retry}\n\n")), false)
+                buf.put_slice(format!("retry: {retry}\n\n").as_bytes());
+                (buf.freeze(), false)
             }
             ev = self.sub.next() => match ev {
                 Ok(ev) => (self.batch(ev), true),

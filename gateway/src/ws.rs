@@ -35,6 +35,10 @@ const WS_SLOT: usize = 0;
 /// hold its task for long.
 const MAX_BATCH: usize = 64;
 
+/// Batches of queued events flushed to a client when the node drains; with
+/// [`MAX_BATCH`] this covers a default-sized queue.
+const FLUSH_BATCHES: usize = 16;
+
 /// How long the gateway waits for its close frame to be written.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -77,10 +81,79 @@ pub async fn handler(
 
 /// A client operation, decoded loosely so each mistake gets its own error code.
 #[derive(Deserialize)]
-struct Op {
+struct RawOp {
     op: Option<String>,
     channel: Option<String>,
     since: Option<String>,
+}
+
+/// A client operation, checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    /// `since` is `Some(Err(()))` for a malformed position: the subscribe still
+    /// happens, from now, answered with `recovered: false`.
+    Subscribe {
+        channel: Channel,
+        since: Option<Result<Position, ()>>,
+    },
+    Unsubscribe {
+        channel: Channel,
+    },
+    Ping,
+}
+
+/// Why a client frame was refused; answered with an `error` frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub reason: String,
+    pub channel: Option<String>,
+}
+
+impl OpError {
+    fn new(code: ErrorCode, reason: impl Into<String>, channel: Option<&str>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+            channel: channel.map(str::to_owned),
+        }
+    }
+}
+
+/// Decodes one client text frame.
+pub fn parse_op(text: &str) -> Result<ClientOp, OpError> {
+    let op: RawOp = serde_json::from_str(text)
+        .map_err(|e| OpError::new(ErrorCode::BadJson, e.to_string(), None))?;
+    let channel = |what: &str| -> Result<Channel, OpError> {
+        let name = op.channel.as_deref().ok_or_else(|| {
+            OpError::new(
+                ErrorCode::BadRequest,
+                format!("{what} needs a channel"),
+                None,
+            )
+        })?;
+        Channel::new(name)
+            .map_err(|e| OpError::new(ErrorCode::BadChannel, e.to_string(), Some(name)))
+    };
+    match op.op.as_deref() {
+        Some("subscribe") => {
+            let channel = channel("subscribe")?;
+            let since = op
+                .since
+                .as_deref()
+                .map(|s| Position::parse(s).map_err(|_| ()));
+            Ok(ClientOp::Subscribe { channel, since })
+        }
+        Some("unsubscribe") => Ok(ClientOp::Unsubscribe {
+            channel: channel("unsubscribe")?,
+        }),
+        Some("ping") => Ok(ClientOp::Ping),
+        _ => Err(OpError::new(
+            ErrorCode::UnknownOp,
+            ErrorCode::UnknownOp.info().reason,
+            None,
+        )),
+    }
 }
 
 struct Session {
@@ -116,6 +189,18 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    // Flush what is already queued so the client's position is as
+                    // far on as it can be; it resumes from there on another node.
+                    for _ in 0..FLUSH_BATCHES {
+                        match self.sub.try_next() {
+                            Ok(Some(ev)) => {
+                                if self.write_events(ev, CLOSE_WAIT).await.is_err() {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
                     let delay = self.app.reconnect_delay().as_millis() as u64;
                     let advice = json!({"type": "reconnect", "delay_ms": delay}).to_string();
                     let _ = timeout(CLOSE_WAIT, self.socket.send(Message::Text(advice.into()))).await;
@@ -207,51 +292,21 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), axum::Error> {
-        let op: Op = match serde_json::from_str(text) {
-            Ok(op) => op,
-            Err(e) => return self.error(ErrorCode::BadJson, &e.to_string(), None).await,
-        };
-        match op.op.as_deref() {
-            Some("subscribe") => {
-                let Some(name) = op.channel else {
-                    return self
-                        .error(ErrorCode::BadRequest, "subscribe needs a channel", None)
-                        .await;
-                };
-                let channel = match Channel::new(&name) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return self
-                            .error(ErrorCode::BadChannel, &e.to_string(), Some(&name))
-                            .await
-                    }
-                };
-                let since = op.since.map(|s| Position::parse(&s).map_err(|_| ()));
-                self.subscribe(channel, since).await
-            }
-            Some("unsubscribe") => {
-                let Some(name) = op.channel else {
-                    return self
-                        .error(ErrorCode::BadRequest, "unsubscribe needs a channel", None)
-                        .await;
-                };
-                let held = Channel::new(&name)
-                    .map(|c| self.sub.unsubscribe(&c))
-                    .unwrap_or(false);
-                if !held {
+        match parse_op(text) {
+            Err(e) => self.error(e.code, &e.reason, e.channel.as_deref()).await,
+            Ok(ClientOp::Subscribe { channel, since }) => self.subscribe(channel, since).await,
+            Ok(ClientOp::Unsubscribe { channel }) => {
+                if !self.sub.unsubscribe(&channel) {
                     let reason = ErrorCode::NotSubscribed.info().reason;
                     return self
-                        .error(ErrorCode::NotSubscribed, reason, Some(&name))
+                        .error(ErrorCode::NotSubscribed, reason, Some(channel.as_str()))
                         .await;
                 }
-                let frame = json!({"type": "unsubscribed", "channel": name}).to_string();
+                let frame =
+                    json!({"type": "unsubscribed", "channel": channel.as_str()}).to_string();
                 self.send(frame).await
             }
-            Some("ping") => self.send(r#"{"type":"pong"}"#.to_string()).await,
-            _ => {
-                let reason = ErrorCode::UnknownOp.info().reason;
-                self.error(ErrorCode::UnknownOp, reason, None).await
-            }
+            Ok(ClientOp::Ping) => self.send(r#"{"type":"pong"}"#.to_string()).await,
         }
     }
 
@@ -340,5 +395,36 @@ fn classify(e: axum::Error) -> Option<Close> {
         tungstenite::Error::Capacity(_) => Some(Close::TooBig),
         tungstenite::Error::Protocol(_) => Some(Close::ProtocolError),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_op_mistake_gets_its_own_code() {
+        let code = |t: &str| parse_op(t).err().map(|e| e.code);
+        assert_eq!(code("{"), Some(ErrorCode::BadJson));
+        assert_eq!(code("[1]"), Some(ErrorCode::BadJson));
+        assert_eq!(code(r#"{"op":"dance"}"#), Some(ErrorCode::UnknownOp));
+        assert_eq!(code(r#"{"op":"subscribe"}"#), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a b"}"#),
+            Some(ErrorCode::BadChannel)
+        );
+        assert_eq!(parse_op(r#"{"op":"ping"}"#), Ok(ClientOp::Ping));
+    }
+
+    #[test]
+    fn malformed_since_still_subscribes() {
+        let op = parse_op(r#"{"op":"subscribe","channel":"a","since":"zz"}"#).unwrap();
+        assert!(matches!(
+            op,
+            ClientOp::Subscribe {
+                since: Some(Err(())),
+                ..
+            }
+        ));
     }
 }
