@@ -127,6 +127,28 @@ impl Hub {
         self.read(channel, since).await
     }
 
+    /// Every live node of the cluster, as each describes itself. On the embedded
+    /// broker the node is alone and `local` is its entry.
+    pub async fn cluster(
+        &self,
+        local: serde_json::Value,
+    ) -> Result<Vec<serde_json::Value>, BrokerError> {
+        match &self.0.broker {
+            Broker::Memory(_) => Ok(vec![local]),
+            Broker::Redis(b) => b.cluster().await,
+        }
+    }
+
+    /// Who listens to `channel`: local subscribers, and how many nodes hold any.
+    pub async fn listening(&self, channel: &Channel) -> Result<(usize, u64), BrokerError> {
+        let local = self.0.registry.count(channel.as_str());
+        let nodes = match &self.0.broker {
+            Broker::Memory(_) => u64::from(local > 0),
+            Broker::Redis(b) => b.nodes_listening(channel).await?,
+        };
+        Ok((local, nodes))
+    }
+
     pub(crate) fn note_lagged(&self) {
         self.0.registry.stats.lagged.fetch_add(1, Ordering::Relaxed);
     }

@@ -22,6 +22,8 @@ use crate::{codes::ErrorCode, config::Config, error::ApiError};
 pub struct AppState {
     /// The fan-out core: registry and broker.
     pub hub: Hub,
+    /// This node's name in the cluster view.
+    pub node_id: String,
     pub config: Config,
     /// Cancelled when the node starts draining.
     pub shutdown: CancellationToken,
@@ -91,6 +93,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/sse", get(crate::sse::handler))
         .route("/v1/poll", get(crate::poll::handler))
         .route("/v1/publish", post(crate::publish::handler))
+        .route("/v1/cluster", get(crate::status::cluster))
+        .route("/v1/channels/{channel}", get(crate::status::channel))
         .fallback(|| async { ApiError::plain(ErrorCode::NotFound) })
         .method_not_allowed_fallback(|| async { ApiError::plain(ErrorCode::MethodNotAllowed) })
         .with_state(app)

@@ -97,6 +97,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value_t = 10)]
     pub drain_timeout: u64,
 
+    /// This node's name in the cluster view (default: `gateway-PID@LISTEN`).
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Print the table of error and close codes as Markdown and exit.
     #[arg(long)]
     pub print_codes: bool,

@@ -48,6 +48,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_channels: config.max_channels.max(1),
         watch_timeout: Duration::from_secs(config.redis_timeout.max(1) * 2),
     };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("gateway-{}@{addr}", std::process::id()));
     let hub = match &config.redis {
         None => Hub::memory(history, limits),
         Some(url) => {
@@ -55,17 +64,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rc.history = history;
             rc.max_data = config.max_payload;
             rc.command_timeout = Duration::from_secs(config.redis_timeout.max(1));
+            rc.node_id = node_id.clone();
+            rc.advertise = addr.to_string();
             Hub::redis(rc, limits).context("configuring the Redis broker")?
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-
     let app = Arc::new(AppState {
         hub,
+        node_id,
         config,
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),

@@ -41,7 +41,7 @@ pub async fn handler(
     Extension(conn): Extension<ConnInfo>,
 ) -> Result<Response, ApiError> {
     if app.shutdown.is_cancelled() {
-        return Err(ApiError::plain(ErrorCode::ShuttingDown));
+        return Ok(transient(&app, ErrorCode::ShuttingDown));
     }
     let query = Query::parse(raw.as_deref());
     let channels = query.channels(app.config.max_channels)?;
@@ -66,10 +66,14 @@ pub async fn handler(
             Some(Some(m)) => m.0.get(i),
             _ => None,
         };
-        let mut s = sub.subscribe(ch.clone(), pos).await.map_err(|e| match e {
-            SubscribeError::Broker(b) => ApiError::from(b),
-            other => ApiError::new(ErrorCode::BadRequest, other.to_string()),
-        })?;
+        let mut s = match sub.subscribe(ch.clone(), pos).await {
+            Ok(s) => s,
+            Err(SubscribeError::Broker(e)) => {
+                tracing::warn!(cause = %e, "sse subscribe failed: broker unavailable");
+                return Ok(transient(&app, ErrorCode::Unavailable));
+            }
+            Err(other) => return Err(ApiError::new(ErrorCode::BadRequest, other.to_string())),
+        };
         s.recovered &= !matches!(since, Some(None));
         positions.push(s.position.clone());
         subscribed.push(s);
@@ -107,7 +111,29 @@ pub async fn handler(
         }),
     );
 
-    let mut resp = Response::new(Body::from_stream(body));
+    Ok(event_stream(Body::from_stream(body)))
+}
+
+/// The answer to a transient failure. `EventSource` gives up for good on any
+/// status but 200, so a condition that will pass (broker down, node draining)
+/// answers 200 with a `retry:` hint and an `error` event, then ends the stream:
+/// the browser reconnects by itself after the hinted delay, with its
+/// `Last-Event-ID`, so nothing is lost.
+fn transient(app: &App, code: ErrorCode) -> Response {
+    let info = code.info();
+    let retry = app.reconnect_delay().as_millis();
+    let data = serde_json::json!({"type": "error", "code": info.code, "reason": info.reason});
+    let mut buf = BytesMut::new();
+    buf.put_slice(format!("retry: {retry}\n\n").as_bytes());
+    buf.put_slice(b"event: error\n");
+    buf.put_slice(&data_lines(data.to_string().as_bytes()));
+    buf.put_u8(b'\n');
+    event_stream(Body::from(buf.freeze()))
+}
+
+/// A 200 `text/event-stream` response with the headers proxies and browsers need.
+fn event_stream(body: Body) -> Response {
+    let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
@@ -116,7 +142,7 @@ pub async fn handler(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    resp
 }
 
 /// One open event stream.

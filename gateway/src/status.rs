@@ -3,14 +3,16 @@
 use std::sync::atomic::Ordering;
 
 use axum::{
-    extract::State,
+    extract::{Path, State},
     http::{header, StatusCode},
     response::{Html, IntoResponse, Response},
     Json,
 };
 use serde_json::json;
 
-use crate::app::App;
+use fanout::Channel;
+
+use crate::{app::App, codes::ErrorCode, error::ApiError};
 
 /// A page that shows a channel's file-update events live, over EventSource.
 pub async fn page() -> Html<&'static str> {
@@ -38,6 +40,34 @@ pub async fn readyz(State(app): State<App>) -> Response {
         "draining": draining,
     });
     (status, Json(body)).into_response()
+}
+
+/// The cluster view: every live node as it describes itself.
+pub async fn cluster(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
+    let local = json!({
+        "id": app.node_id,
+        "channels": app.hub.registry().channel_count(),
+        "link_up": app.hub.is_ready(),
+    });
+    let nodes = app.hub.cluster(local).await?;
+    Ok(Json(
+        json!({ "broker": app.hub.broker_name(), "nodes": nodes }),
+    ))
+}
+
+/// Who listens to one channel: subscribers here, and nodes holding any.
+pub async fn channel(
+    State(app): State<App>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let channel = Channel::new(&name)
+        .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))?;
+    let (local, nodes) = app.hub.listening(&channel).await?;
+    Ok(Json(json!({
+        "channel": channel.as_str(),
+        "local_subscribers": local,
+        "nodes_listening": nodes,
+    })))
 }
 
 /// Prometheus text exposition.

@@ -40,6 +40,12 @@ use crate::{
 /// so that 100k channels come back in a hundred round trips, not 100k.
 const BATCH: usize = 1000;
 
+/// How often a node refreshes its entry in the cluster view.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long a node's cluster entry outlives its last heartbeat.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+
 /// How long an idle channel's offset and epoch are remembered in Redis. After
 /// that a new epoch starts and old positions resume with `recovered: false`.
 const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -58,6 +64,10 @@ pub struct RedisConfig {
     pub ping_interval: Duration,
     /// Longest pause between reconnect attempts (backoff starts at 50 ms).
     pub max_backoff: Duration,
+    /// This node's name in the cluster view (`gw:node:NAME` in Redis).
+    pub node_id: String,
+    /// Where clients reach this node, shown in the cluster view.
+    pub advertise: String,
 }
 
 impl RedisConfig {
@@ -69,6 +79,8 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(2),
             max_backoff: Duration::from_secs(2),
+            node_id: format!("node-{:08x}", fastrand::u32(..)),
+            advertise: String::new(),
         }
     }
 }
@@ -100,11 +112,13 @@ struct Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     link: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
 }
 
 impl Drop for RedisBroker {
     fn drop(&mut self) {
         self.link.abort();
+        self.heartbeat.abort();
     }
 }
 
@@ -172,7 +186,12 @@ impl RedisBroker {
         });
         registry.set_interest(Arc::new(LinkInterest(shared.clone())));
         let link = tokio::spawn(link_task(shared.clone()));
-        Ok(Self { shared, link })
+        let heartbeat = tokio::spawn(heartbeat_task(shared.clone()));
+        Ok(Self {
+            shared,
+            link,
+            heartbeat,
+        })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -235,6 +254,85 @@ impl RedisBroker {
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Err(unavailable("timed out waiting for the Redis subscription"));
             }
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Every live node's cluster entry (nodes refresh theirs every few seconds).
+    pub async fn cluster(&self) -> Result<Vec<serde_json::Value>, BrokerError> {
+        let mut conn = self.shared.connection().await?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        // SCAN in bounded steps; a cluster has few nodes, so few steps.
+        for _ in 0..1000 {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("gw:node:*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(classify)?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(classify)?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    /// How many nodes are subscribed to `channel` in Redis right now.
+    pub async fn nodes_listening(&self, channel: &Channel) -> Result<u64, BrokerError> {
+        let mut conn = self.shared.connection().await?;
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(key_pubsub(channel.as_str()))
+            .query_async(&mut conn)
+            .await
+            .map_err(classify)?;
+        Ok(n)
+    }
+}
+
+/// Keeps this node's entry in the cluster view fresh: `gw:node:ID` with an
+/// expiry, holding what the node serves, so a node that dies drops out by itself.
+async fn heartbeat_task(shared: Arc<Shared>) {
+    let started = super::now_ms();
+    let key = format!("gw:node:{}", shared.config.node_id);
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        let entry = serde_json::json!({
+            "id": shared.config.node_id,
+            "advertise": shared.config.advertise,
+            "started": started,
+            "seen": super::now_ms(),
+            "channels": shared.registry.channel_count(),
+            "link_up": shared.ready.load(Ordering::Relaxed),
+        });
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(entry.to_string())
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64);
+        if let Err(e) = shared.run(&pipe).await {
+            tracing::debug!(cause = %e, "cluster heartbeat failed");
         }
     }
 }
