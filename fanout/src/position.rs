@@ -27,6 +27,17 @@ impl Epoch {
         Ok(Self(s.into()))
     }
 
+    /// The epoch of a channel nothing was ever published to: `0`. It costs no
+    /// state anywhere, and a position `0:0` flows into whichever epoch the
+    /// channel's first publish creates (see [`Position::leads_into`]).
+    pub fn empty() -> Self {
+        Self("0".into())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        &*self.0 == "0"
+    }
+
     /// A fresh epoch, unlikely to repeat: time in microseconds and 20 random bits, base 36.
     pub fn generate() -> Self {
         let micros = std::time::SystemTime::now()
@@ -91,6 +102,12 @@ pub enum PositionError {
 impl Position {
     pub fn new(epoch: Epoch, offset: u64) -> Self {
         Self { epoch, offset }
+    }
+
+    /// Whether a reader at this position is still on the line of `epoch`: the
+    /// same epoch, or "nothing yet" of a channel that had no epoch then.
+    pub fn leads_into(&self, epoch: &Epoch) -> bool {
+        self.epoch == *epoch || (self.epoch.is_empty() && self.offset == 0)
     }
 
     /// Decodes `EPOCH:OFFSET`.

@@ -268,12 +268,16 @@ impl Subscriber {
         let Some(cursor) = self.cursors.get_mut(&msg.channel) else {
             return; // queued before an unsubscribe
         };
-        let continuous = msg.epoch == cursor.epoch && msg.offset == cursor.accepted + 1;
-        let stale = msg.epoch == cursor.epoch && msg.offset <= cursor.accepted;
+        let at = Position::new(cursor.epoch.clone(), cursor.accepted);
+        let same_line = at.leads_into(&msg.epoch);
+        let continuous = same_line && msg.offset == cursor.accepted + 1;
+        let stale = same_line && msg.offset <= cursor.accepted;
         if stale {
             return;
         }
-        if !continuous {
+        if continuous {
+            cursor.epoch = msg.epoch.clone();
+        } else {
             // The epoch changed or a hole appeared that history could not fill
             // upstream: say so, then go on from just before this message.
             let position = Position::new(msg.epoch.clone(), msg.offset.saturating_sub(1));

@@ -90,6 +90,7 @@ local function publish(keys, args)
 end
 
 -- FCALL gw_read 1 CHANNEL [AFTER]  ->  {epoch, top, covered, envelope...}
+-- (registered read-only, so replicas and FCALL_RO may serve it too)
 -- Without AFTER only the channel's state is returned. `covered` is 1 when the
 -- envelopes are every message after AFTER.
 local function read(keys, args)
@@ -98,7 +99,9 @@ local function read(keys, args)
     return redis.error_reply('ERR bad_channel channel name must be 1-255 bytes of A-Z a-z 0-9 _ - . : @ /')
   end
   local meta, hist = 'gw:{' .. c .. '}:m', 'gw:{' .. c .. '}:h'
-  local e = epoch_of(meta)
+  -- A channel never published to reads as the empty epoch '0', creating
+  -- nothing: reading must not let a client fill Redis with keys.
+  local e = redis.call('HGET', meta, 'e') or '0'
   local top = tonumber(redis.call('HGET', meta, 'o')) or 0
   local after = tonumber(args[1] or '')
   local out = {e, top, 1}
@@ -128,4 +131,4 @@ local function read(keys, args)
 end
 
 redis.register_function('gw_publish', publish)
-redis.register_function('gw_read', read)
+redis.register_function{function_name = 'gw_read', callback = read, flags = {'no-writes'}}

@@ -98,7 +98,16 @@ impl MemoryBroker {
 
     /// The channel's state and the messages after `after`.
     pub fn read(&self, channel: &Channel, after: Option<u64>) -> HistoryRead {
-        let state = self.state(channel);
+        // Reading a channel nothing was published to creates no state.
+        let Some(state) = self.channels.get(channel).map(|s| s.clone()) else {
+            let covered = after.unwrap_or(0) == 0;
+            return HistoryRead {
+                epoch: self.epoch.clone(),
+                top: 0,
+                covered,
+                messages: Vec::new(),
+            };
+        };
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
         self.trim(&mut st, now_ms());
 

@@ -33,7 +33,7 @@ use tokio::{sync::Notify, task::JoinHandle, time::timeout};
 
 use super::{BrokerError, HistoryConfig, HistoryRead};
 use crate::{
-    registry::Interest, Channel, Epoch, Message, PublishOutcome, PublishRequest, Registry,
+    registry::Interest, Channel, Epoch, Message, Position, PublishOutcome, PublishRequest, Registry,
 };
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command and per pipelined history read,
@@ -643,7 +643,7 @@ fn repair(
     read: HistoryRead,
     delivered: &mut HashMap<Channel, Delivered>,
 ) {
-    if read.epoch != last.epoch {
+    if !Position::new(last.epoch.clone(), last.offset).leads_into(&read.epoch) {
         // History was lost (Redis restarted empty or was flushed): the messages
         // read belong to another epoch's numbering and say nothing of what was
         // missed. Subscribers learn of the new epoch from its first message.
@@ -737,7 +737,7 @@ async fn on_message(
         return Ok(()); // not subscribed (any more), or its starting point is not known yet
     };
 
-    let same_epoch = last.epoch == message.epoch;
+    let same_epoch = Position::new(last.epoch.clone(), last.offset).leads_into(&message.epoch);
     if same_epoch && message.offset <= last.offset {
         return Ok(());
     }
