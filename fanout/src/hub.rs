@@ -175,12 +175,12 @@ fn decide(
     let Some(since) = since else {
         return (fresh(true), Vec::new());
     };
-    if since.epoch != read.epoch || since.offset > read.top || !read.covered {
+    if !since.leads_into(&read.epoch) || since.offset > read.top || !read.covered {
         return (fresh(false), Vec::new());
     }
     let subscribed = Subscribed {
         channel: channel.clone(),
-        position: since.clone(),
+        position: Position::new(read.epoch.clone(), since.offset),
         recovered: true,
     };
     (subscribed, read.messages)

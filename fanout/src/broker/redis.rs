@@ -692,10 +692,24 @@ async fn reconcile(
         .into_iter()
         .filter(|c| !shared.active.contains(c))
         .collect();
-    let remove: Vec<Channel> = remove
+
+    // Take leaving channels out of `active` before unsubscribing, so a
+    // subscriber arriving meanwhile waits for the fresh subscription instead
+    // of reading a position the stream is about to stop following. One that
+    // registered before we took the channel out is seen by the second look
+    // at the registry, and the channel simply stays.
+    let mut remove: Vec<Channel> = remove
         .into_iter()
-        .filter(|c| shared.active.contains(c))
+        .filter(|c| shared.active.remove(c).is_some())
         .collect();
+    remove.retain(|c| {
+        let back = shared.registry.has(c.as_str());
+        if back {
+            shared.active.insert(c.clone());
+        }
+        !back
+    });
+    shared.active_notify.notify_waiters();
 
     let wait = shared.config.command_timeout;
     for chunk in remove.chunks(BATCH) {
@@ -706,7 +720,6 @@ async fn reconcile(
             Err(_) => return Err(unavailable("UNSUBSCRIBE timed out")),
         }
         for c in chunk {
-            shared.active.remove(c);
             delivered.remove(c);
         }
     }
