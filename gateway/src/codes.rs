@@ -64,6 +64,10 @@ error_codes! {
         "the payload is over the node's size limit";
     Unauthorized => "unauthorized", UNAUTHORIZED, false, "a valid API key is required";
     NotFound => "not_found", NOT_FOUND, false, "no such endpoint";
+    NotUpgrade => "not_websocket", BAD_REQUEST, false,
+        "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)";
+    UpgradeRequired => "upgrade_required", UPGRADE_REQUIRED, false,
+        "only WebSocket version 13 is spoken (Sec-WebSocket-Version: 13)";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, false,
         "this endpoint does not take that method";
     Unavailable => "unavailable", SERVICE_UNAVAILABLE, true,

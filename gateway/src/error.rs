@@ -1,6 +1,7 @@
 //! HTTP error answers: a status from the code table and a JSON body.
 
 use axum::{
+    http::{header, HeaderValue},
     response::{IntoResponse, Response},
     Json,
 };
@@ -49,9 +50,22 @@ impl IntoResponse for ApiError {
         let info = self.code.info();
         let body = json!({"error": {"code": info.code, "message": self.message}});
         let mut resp = (info.status, Json(body)).into_response();
+        let headers = resp.headers_mut();
         if info.retry {
-            resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        match self.code {
+            ErrorCode::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ErrorCode::UpgradeRequired => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            _ => {}
         }
         resp
     }

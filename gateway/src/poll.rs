@@ -50,14 +50,19 @@ pub async fn handler(
                 .map_err(|e| ApiError::new(ErrorCode::BadPosition, format!("cursor: {e}")))?,
         ),
     };
+    // Any whole number of seconds is accepted; one too large even for an
+    // integer is simply over the maximum, and clamped like any other.
     let asked = match query.get("timeout") {
         None => cfg.poll_timeout,
-        Some(t) => t.parse::<u64>().map_err(|_| {
-            ApiError::new(
+        Some(t) if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse::<u64>().unwrap_or(u64::MAX)
+        }
+        Some(_) => {
+            return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "timeout must be a whole number of seconds",
-            )
-        })?,
+            ))
+        }
     };
     let hold = asked.min(cfg.poll_max_timeout);
     let clamped = (asked > hold).then_some(hold);

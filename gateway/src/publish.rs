@@ -20,7 +20,8 @@ use crate::{app::App, codes::ErrorCode, error::ApiError};
 #[derive(Deserialize)]
 struct Item {
     channel: Option<String>,
-    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    data: Data,
     id: Option<String>,
     publisher: Option<String>,
 }
@@ -30,10 +31,22 @@ struct Item {
 #[derive(Deserialize)]
 struct PublishBody {
     channel: Option<String>,
-    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    data: Data,
     id: Option<String>,
     publisher: Option<String>,
     messages: Option<Vec<Item>>,
+}
+
+/// The `data` field as raw JSON: absent is `None`, while `null` is a payload
+/// like any other (a plain `Option` would read it as absent).
+#[derive(Default)]
+struct Data(Option<Box<RawValue>>);
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(|raw| Data(Some(raw)))
+    }
 }
 
 pub async fn handler(
@@ -51,6 +64,17 @@ pub async fn handler(
         return Err(ApiError::plain(ErrorCode::UnsupportedMediaType));
     }
     let limit = app.config.max_body;
+    // Refuse a declared oversize body before reading any of it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is over {limit} bytes"),
+        ));
+    }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -132,6 +156,7 @@ fn check(app: &App, item: Item, index: Option<usize>) -> Result<PublishRequest, 
         .map_err(|e| ApiError::new(ErrorCode::BadChannel, at(format!("{name:?}: {e}"))))?;
     let data = item
         .data
+        .0
         .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, at("data is required".into())))?;
     let max = app.config.max_payload;
     if data.get().len() > max {

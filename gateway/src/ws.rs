@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use axum::{
     extract::{
-        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        ws::{
+            rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
+            WebSocketUpgrade,
+        },
         RawQuery, State,
     },
     response::Response,
@@ -47,8 +50,9 @@ pub async fn handler(
     State(app): State<App>,
     RawQuery(raw): RawQuery,
     Extension(conn): Extension<ConnInfo>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(refuse_upgrade)?;
     if app.shutdown.is_cancelled() {
         return Err(ApiError::plain(ErrorCode::ShuttingDown));
     }
@@ -77,6 +81,19 @@ pub async fn handler(
         let why = session.run(channels, since).await;
         tracing::info!(transport = "ws", peer = %conn.peer, reason = why, "close");
     }))
+}
+
+/// A request that is not a usable WebSocket upgrade, answered from the code table.
+fn refuse_upgrade(rejection: WebSocketUpgradeRejection) -> ApiError {
+    match rejection {
+        WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_) => {
+            ApiError::plain(ErrorCode::UpgradeRequired)
+        }
+        other => ApiError::new(
+            ErrorCode::NotUpgrade,
+            format!("{}: {other}", ErrorCode::NotUpgrade.info().reason),
+        ),
+    }
 }
 
 /// A client operation, decoded loosely so each mistake gets its own error code.
@@ -227,7 +244,12 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) => return "peer closed",
+                        Some(Ok(Message::Close(_))) => {
+                            // The library has queued its answering close frame
+                            // (1002 for an invalid code); put it on the wire.
+                            let _ = timeout(CLOSE_WAIT, self.socket.flush()).await;
+                            return "peer closed";
+                        }
                         Some(Err(e)) => {
                             let close = classify(e);
                             if let Some(close) = close {
