@@ -40,7 +40,18 @@ impl From<fanout::BrokerError> for ApiError {
                 tracing::warn!(%cause, "broker unavailable");
                 Self::plain(ErrorCode::Unavailable)
             }
-            fanout::BrokerError::Rejected(why) => Self::new(ErrorCode::BadRequest, why),
+            fanout::BrokerError::Rejected { code, reason } => {
+                let code = ErrorCode::ALL
+                    .iter()
+                    .copied()
+                    .find(|c| c.info().code == code)
+                    .unwrap_or(ErrorCode::BadRequest);
+                Self::new(code, reason)
+            }
+            fanout::BrokerError::Config(why) => {
+                tracing::error!(%why, "broker misconfigured");
+                Self::plain(ErrorCode::Unavailable)
+            }
         }
     }
 }

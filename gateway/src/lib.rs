@@ -4,6 +4,7 @@
 //! - [`config`]: flags and environment variables.
 //! - [`app`]: shared node state and the router (one port for everything).
 //! - [`server`]: the accept loop and per-connection control.
+//! - [`streaming`]: the lean HTTP/1.1 path for SSE streams and long-polls.
 //! - [`ws`], [`sse`], [`poll`]: the client transports, thin adapters between a
 //!   [`fanout::Subscriber`] and bytes on a socket.
 //! - [`publish`]: the publish API for backends.
@@ -26,6 +27,7 @@ pub mod publish;
 pub mod server;
 pub mod sse;
 pub mod status;
+pub mod streaming;
 pub mod ws;
 
 use std::{io::Write, sync::Arc, time::Duration};

@@ -165,6 +165,12 @@ fn check(app: &App, item: Item, index: Option<usize>) -> Result<PublishRequest, 
             at(format!("data is over {max} bytes")),
         ));
     }
+    if nesting(data.get()) > MAX_NESTING {
+        return Err(ApiError::new(
+            ErrorCode::BadJson,
+            at(format!("data nests deeper than {MAX_NESTING} levels")),
+        ));
+    }
     let data: Box<str> = data.get().into();
     PublishRequest::new(
         channel,
@@ -175,6 +181,37 @@ fn check(app: &App, item: Item, index: Option<usize>) -> Result<PublishRequest, 
     .map_err(|e| ApiError::new(ErrorCode::BadId, at(e.to_string())))
 }
 
+/// Deepest nesting of arrays and objects a payload may have. Every broker and
+/// every client parser then agrees on it (Redis's own JSON decoder stops at 1000,
+/// many client libraries far earlier).
+pub const MAX_NESTING: usize = 64;
+
+/// How deeply arrays and objects nest in valid JSON text.
+pub fn nesting(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn outcome_json(o: &PublishOutcome) -> Value {
     json!({
         "channel": o.channel.as_str(),
@@ -182,4 +219,16 @@ fn outcome_json(o: &PublishOutcome) -> Value {
         "epoch": o.epoch.as_str(),
         "duplicate": o.duplicate,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_only() {
+        assert_eq!(nesting("1"), 0);
+        assert_eq!(nesting(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting(r#"["[[[", "\\\"{{"]"#), 1);
+    }
 }

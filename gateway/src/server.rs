@@ -11,10 +11,16 @@ use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
 use axum::{extract::Request, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
 use tower::Service;
 
-use crate::app::{App, ConnInfo, Gauge};
+use crate::{
+    app::{App, ConnInfo, Gauge},
+    streaming,
+};
 
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,48 +47,63 @@ pub async fn serve(listener: TcpListener, router: Router, app: App) {
         }
         let _ = stream.set_nodelay(true);
 
-        let alarm = Arc::new(Notify::new());
         let info = ConnInfo {
             peer,
-            alarm: alarm.clone(),
+            alarm: Arc::new(Notify::new()),
         };
-        let router = router.clone();
-        let app2 = app.clone();
-        app.tracker.spawn(async move {
-            let _gauge = Gauge::up(app2.clone(), |m| &m.tcp);
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                let mut router = router.clone();
-                async move { router.call(req).await }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let mut draining = false;
-            loop {
-                let rung = alarm.notified();
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, cause = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = rung => {
-                        tracing::debug!(%peer, "connection dropped: slow consumer");
-                        break;
-                    }
-                    _ = app2.shutdown.cancelled(), if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+        app.tracker
+            .spawn(connection(stream, info, router.clone(), app.clone()));
+    }
+}
+
+/// Serves one connection: the lean path first, hyper if the request needs it.
+async fn connection(stream: TcpStream, info: ConnInfo, router: Router, app: App) {
+    let _gauge = Gauge::up(app.clone(), |m| &m.tcp);
+    let alarm = info.alarm.clone();
+    let outcome = tokio::select! {
+        outcome = streaming::serve(stream, info.clone(), router.clone(), app.clone()) => outcome,
+        _ = alarm.notified() => return,
+    };
+    if let streaming::Outcome::Handoff(stream) = outcome {
+        // Boxed: an idle stream on the lean path should not carry hyper's state.
+        Box::pin(with_hyper(stream, info, router, app)).await;
+    }
+}
+
+/// Serves the rest of a connection with hyper (publish, WebSocket upgrades, pages).
+async fn with_hyper(stream: streaming::Prefixed, info: ConnInfo, router: Router, app: App) {
+    let (peer, alarm) = (info.peer, info.alarm.clone());
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let rung = alarm.notified();
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, cause = %e, "connection ended with an error");
                 }
+                break;
             }
-        });
+            _ = rung => {
+                tracing::debug!(%peer, "connection dropped: slow consumer");
+                break;
+            }
+            _ = app.shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }

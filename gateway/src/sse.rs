@@ -52,9 +52,10 @@ pub async fn handler(
     // The header wins over the query parameter (EventSource sets it on reconnect).
     let last_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| query.get("last_event_id"));
-    let since = last_id.map(|s| MultiPosition::parse(s, channels.len()).ok());
+        .map(|v| v.to_str().ok())
+        .or_else(|| query.get("last_event_id").map(Some));
+    // A header that is not even text is as malformed as a bad position.
+    let since = last_id.map(|s| s.and_then(|s| MultiPosition::parse(s, channels.len()).ok()));
 
     let mut sub = app.hub.subscriber_with_alarm(conn.alarm.clone());
     let mut head = BytesMut::new();

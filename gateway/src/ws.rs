@@ -192,7 +192,7 @@ impl Session {
                 Some(Some(m)) => m.0.get(i).cloned().map(Ok),
                 Some(None) => Some(Err(())),
             };
-            if self.subscribe(ch, pos).await.is_err() {
+            if Box::pin(self.subscribe(ch, pos)).await.is_err() {
                 return "write failed";
             }
         }
@@ -211,7 +211,7 @@ impl Session {
                     for _ in 0..FLUSH_BATCHES {
                         match self.sub.try_next() {
                             Ok(Some(ev)) => {
-                                if self.write_events(ev, CLOSE_WAIT).await.is_err() {
+                                if Box::pin(self.write_events(ev, CLOSE_WAIT)).await.is_err() {
                                     break;
                                 }
                             }
@@ -221,7 +221,7 @@ impl Session {
                     let delay = self.app.reconnect_delay().as_millis() as u64;
                     let advice = json!({"type": "reconnect", "delay_ms": delay}).to_string();
                     let _ = timeout(CLOSE_WAIT, self.socket.send(Message::Text(advice.into()))).await;
-                    self.close(Close::GoingAway).await;
+                    Box::pin(self.close(Close::GoingAway)).await;
                     return "drain";
                 }
                 frame = self.socket.recv() => {
@@ -229,12 +229,12 @@ impl Session {
                     match frame {
                         None => return "peer closed",
                         Some(Ok(Message::Text(text))) => {
-                            if self.on_text(&text).await.is_err() {
+                            if Box::pin(self.on_text(&text)).await.is_err() {
                                 return "write failed";
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.close(Close::UnsupportedData).await;
+                            Box::pin(self.close(Close::UnsupportedData)).await;
                             return "binary frame";
                         }
                         Some(Ok(Message::Ping(_))) => {
@@ -262,17 +262,17 @@ impl Session {
                 ev = self.sub.next() => {
                     let Ok(ev) = ev else {
                         self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.close(Close::SlowConsumer).await;
+                        Box::pin(self.close(Close::SlowConsumer)).await;
                         return "slow consumer";
                     };
-                    match self.write_events(ev, idle_limit).await {
+                    match Box::pin(self.write_events(ev, idle_limit)).await {
                         Ok(()) => {}
                         Err(why) => return why,
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_limit {
-                        self.close(Close::PingTimeout).await;
+                        Box::pin(self.close(Close::PingTimeout)).await;
                         return "ping timeout";
                     }
                     if timeout(idle_limit, self.socket.send(Message::Ping(Default::default()))).await.is_err() {

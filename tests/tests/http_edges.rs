@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tests::http::expect_error_body;
 use tests::raw_http;
-use tests::{unique_channel, within, Gateway, GatewayOpts, WsClient};
+use tests::{unique_channel, within, Broker, Gateway, GatewayOpts, Node, WsClient};
 
 /// Every error code in the gateway's table (`gateway --print-codes`).
 fn table_error_codes() -> Result<Vec<String>> {
@@ -552,6 +552,89 @@ async fn plain_get_of_the_websocket_endpoint_is_a_json_error_from_the_table() ->
             table_error_codes()?.contains(&code),
             "GET /v1/ws without Upgrade: code {code} is not in the table"
         );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn deeply_nested_data_gets_the_same_answer_on_both_brokers_and_no_internal_error_text(
+) -> Result<()> {
+    within(async {
+        // 1001 nested arrays: 2 KB, far under the payload limit, but deeper
+        // than the Redis function's JSON decoder goes.
+        let depth = 1001;
+        let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let mut answers = Vec::new();
+        for broker in [Broker::Embedded, Broker::Redis] {
+            let node = Node::start(broker, GatewayOpts::embedded()).await?;
+            let channel = unique_channel("files:alice");
+            let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
+            let (status, text) = node.http().publish_raw("application/json", &body).await?;
+            if status != 200 {
+                let what = format!("{broker:?}: {depth}-deep data");
+                let message = expect_refusal(&what, status, &text, (400, "bad_json"))?;
+                ensure!(
+                    !message.contains("Pipeline") && !message.contains("ResponseError"),
+                    "{what}: internal error text reaches the publisher: {message:?}"
+                );
+            }
+            answers.push((broker, status));
+        }
+        ensure!(
+            answers[0].1 == answers[1].1,
+            "the same publish answered differently per broker: {answers:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn more_channels_than_the_limit_is_refused_with_too_many_channels_on_every_transport(
+) -> Result<()> {
+    within(async {
+        let node = Gateway::start(GatewayOpts::embedded().arg("--max-channels=2")).await?;
+        let http = node.http();
+        let names: Vec<String> = (0..3).map(|_| unique_channel("files:alice")).collect();
+        let query: Vec<String> = names.iter().map(|c| format!("channel={c}")).collect();
+        let query = query.join("&");
+
+        for path in [
+            format!("/v1/poll?{query}&timeout=0"),
+            format!("/v1/sse?{query}"),
+        ] {
+            let (status, text) = http.get(&path).await?;
+            expect_refusal(&path, status, &text, (400, "too_many_channels"))?;
+        }
+        let request = format!(
+            "GET /v1/ws?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let mut resp = raw_http::send(node.addr(), request.as_bytes()).await?;
+        let text = String::from_utf8(resp.body().await?)?;
+        expect_refusal(
+            "WebSocket upgrade with 3 channels",
+            resp.status(),
+            &text,
+            (400, "too_many_channels"),
+        )?;
+
+        // Over a live WebSocket: the third subscribe is refused, the first
+        // two keep delivering.
+        let mut ws = WsClient::connect(&node.ws_url("/v1/ws")).await?;
+        ws.subscribe(&names[0], None).await?;
+        ws.subscribe(&names[1], None).await?;
+        ws.send(&json!({"op": "subscribe", "channel": names[2]})).await?;
+        let refused = ws.recv().await?;
+        ensure!(
+            refused["type"] == "error" && refused["code"] == "too_many_channels",
+            "third subscribe answered {refused}"
+        );
+        http.publish(&names[1], json!("kept")).await?;
+        let message = ws.recv_type("message").await?;
+        ensure!(message["data"] == "kept", "after the refusal: {message}");
         Ok(())
     })
     .await

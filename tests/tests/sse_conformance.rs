@@ -477,3 +477,29 @@ async fn sse_while_the_broker_is_down_answers_200_with_a_retry_hint_not_a_termin
     })
     .await
 }
+
+#[tokio::test]
+async fn sse_last_event_id_header_that_is_not_visible_ascii_says_recovered_false() -> Result<()> {
+    within(async {
+        let node = Gateway::start(GatewayOpts::embedded()).await?;
+        let channel = unique_channel("files:alice");
+        node.http().publish(&channel, serde_json::json!(1)).await?;
+
+        // Raw UTF-8 in the header: not a position, so it must not be read
+        // as "no position" (recovered from now, silently skipping).
+        let request = format!(
+            "GET /v1/sse?channel={channel} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \u{e9}:1\r\n\r\n"
+        );
+        let mut resp = raw_http::send(node.addr(), request.as_bytes()).await?;
+        ensure!(resp.status() == 200, "answered {}", resp.head);
+        let mut text = String::new();
+        let all = read_events(&mut resp, &mut text, 1).await?;
+        let subscribed: Value = serde_json::from_str(&data(&all[0]))?;
+        ensure!(
+            subscribed["recovered"] == false,
+            "an unreadable Last-Event-ID was taken as none: {subscribed}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -48,9 +48,13 @@ pub enum BrokerError {
     /// The broker link is down or too slow; the caller may retry later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
-    /// The broker refused the request itself (for example a payload Redis could not parse).
-    #[error("broker refused the request: {0}")]
-    Rejected(String),
+    /// The broker refused the request itself, with one of the gateway's error
+    /// codes (`bad_json`, `bad_channel`, `payload_too_large`, `bad_id`).
+    #[error("{code}: {reason}")]
+    Rejected { code: &'static str, reason: String },
+    /// The broker cannot be set up as configured (for example a malformed URL).
+    #[error("broker misconfigured: {0}")]
+    Config(String),
 }
 
 /// The broker a node runs on.

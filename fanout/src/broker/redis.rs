@@ -143,8 +143,19 @@ const REFUSALS: [&str; 4] = ["bad_channel", "bad_json", "payload_too_large", "ba
 
 fn classify(e: impl std::fmt::Display) -> BrokerError {
     let text = e.to_string();
-    match REFUSALS.iter().find(|w| text.contains(*w)) {
-        Some(_) => BrokerError::Rejected(text),
+    match REFUSALS
+        .iter()
+        .find_map(|w| text.find(w).map(|at| (*w, at)))
+    {
+        // Keep the function's own words ("bad_json data is not valid JSON"),
+        // not the client library's wrapping around them.
+        Some((code, at)) => {
+            let reason = text[at + code.len()..].trim().trim_end_matches(')').trim();
+            BrokerError::Rejected {
+                code,
+                reason: reason.to_owned(),
+            }
+        }
         None => unavailable(text),
     }
 }
@@ -162,7 +173,7 @@ impl RedisBroker {
     /// Starts the link task; Redis need not be reachable yet.
     pub fn start(config: RedisConfig, registry: Arc<Registry>) -> Result<Self, BrokerError> {
         let client = Client::open(config.url.as_str())
-            .map_err(|e| BrokerError::Rejected(format!("bad Redis URL: {e}")))?;
+            .map_err(|e| BrokerError::Config(format!("bad Redis URL: {e}")))?;
         let library = include_str!("functions.lua")
             .replace("__HISTORY_SIZE__", &config.history.size.to_string())
             .replace(
