@@ -13,11 +13,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use fanout::{Channel, HistoryConfig, Hub, PublishRequest, SubscriberLimits};
 
 fn broadcast(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("broadcast");
     group.measurement_time(Duration::from_secs(5));
     for &subscribers in &[1_000usize, 10_000, 15_000] {
-        let history = HistoryConfig { size: 100, age: Duration::from_secs(60) };
+        let history = HistoryConfig {
+            size: 100,
+            age: Duration::from_secs(60),
+        };
         let hub = Hub::memory(history, SubscriberLimits::default());
         let channel = Channel::new("bench:broadcast").unwrap();
         let mut subs: Vec<_> = (0..subscribers)
@@ -30,16 +36,21 @@ fn broadcast(c: &mut Criterion) {
         let payload: Box<str> = format!(r#"{{"path":"a.txt","pad":"{}"}}"#, "x".repeat(200)).into();
 
         group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(subscribers), &subscribers, |b, _| {
-            b.iter(|| {
-                let req = PublishRequest::new(channel.clone(), payload.clone(), None, None).unwrap();
-                rt.block_on(hub.publish(req)).unwrap();
-                for s in subs.iter_mut() {
-                    let ev = s.try_next().unwrap();
-                    assert!(ev.is_some());
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter(|| {
+                    let req =
+                        PublishRequest::new(channel.clone(), payload.clone(), None, None).unwrap();
+                    rt.block_on(hub.publish(req)).unwrap();
+                    for s in subs.iter_mut() {
+                        let ev = s.try_next().unwrap();
+                        assert!(ev.is_some());
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -5,7 +5,7 @@
 //! (what a position means, when it counts as recovered) live here once, for
 //! every transport.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::Arc;
 
 use tokio::sync::Notify;
 
@@ -147,10 +147,6 @@ impl Hub {
             Broker::Redis(b) => b.nodes_listening(channel).await?,
         };
         Ok((local, nodes))
-    }
-
-    pub(crate) fn note_lagged(&self) {
-        self.0.registry.stats.lagged.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -9,17 +9,18 @@
 //! someone here listens.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
     },
 };
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, Notify};
+use futures::task::AtomicWaker;
+use tokio::sync::Notify;
 
-use crate::{message::SharedMessage, Channel};
+use crate::{message::SharedMessage, Channel, Position};
 
 /// Identifies one subscriber (one client connection or one parked long-poll).
 pub type SubscriberId = u64;
@@ -29,9 +30,20 @@ pub trait Interest: Send + Sync {
     fn changed(&self, channel: &Channel);
 }
 
-/// State shared between a subscriber's queue producers (the registry) and its owner.
+/// One subscriber's bounded queue, shared between its producers (the
+/// registry, on the broker's task) and its owner (the connection's task).
+///
+/// A plain deque behind a mutex that is held only for a push or a pop: an
+/// idle subscriber's queue allocates nothing, where a channel type would keep
+/// its blocks for the life of the connection.
 #[derive(Debug)]
 pub(crate) struct QueueState {
+    /// Messages queued and not yet taken by the owner.
+    pub(crate) queue: Mutex<VecDeque<Queued>>,
+    /// Wakes the owner when a message is queued.
+    pub(crate) waker: AtomicWaker,
+    /// Most messages the queue may hold before the subscriber counts as lagging.
+    pub(crate) max_messages: usize,
     /// Bytes of envelopes queued and not yet taken by the owner.
     pub(crate) bytes: AtomicUsize,
     /// Most bytes the queue may hold before the subscriber counts as lagging.
@@ -43,36 +55,104 @@ pub(crate) struct QueueState {
     pub(crate) lag_notify: Arc<Notify>,
 }
 
+/// What a subscriber's queue carries.
+#[derive(Debug, Clone)]
+pub(crate) enum Queued {
+    Message(SharedMessage),
+    /// The channel's history was lost (Redis restarted empty, or was flushed):
+    /// its line goes on from this position in a new epoch.
+    Lost(Channel, Position),
+}
+
+/// Queues above this capacity are shrunk back when they drain, so a burst
+/// does not pin its peak memory for the rest of the connection.
+const SHRINK_ABOVE: usize = 64;
+
+impl QueueState {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize, lag_notify: Arc<Notify>) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
+            max_messages: max_messages.max(1),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            lagged: AtomicBool::new(false),
+            lag_notify,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the oldest queued message, if any.
+    pub(crate) fn pop(&self) -> Option<Queued> {
+        let mut q = self.lock();
+        let msg = q.pop_front();
+        if q.is_empty() && q.capacity() > SHRINK_ABOVE {
+            q.shrink_to(0);
+        }
+        drop(q);
+        if let Some(Queued::Message(m)) = &msg {
+            self.bytes.fetch_sub(m.size(), Ordering::Relaxed);
+        }
+        msg
+    }
+
+    /// Waits for the next queued message. Cancel-safe.
+    pub(crate) async fn recv(&self) -> Queued {
+        std::future::poll_fn(|cx| {
+            if let Some(m) = self.pop() {
+                return std::task::Poll::Ready(m);
+            }
+            self.waker.register(cx.waker());
+            match self.pop() {
+                Some(m) => std::task::Poll::Ready(m),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Marks the subscriber lagged; true the first time.
+    fn mark_lagged(&self) -> bool {
+        let first = !self.lagged.swap(true, Ordering::Relaxed);
+        self.lag_notify.notify_waiters();
+        self.waker.wake();
+        first
+    }
+}
+
 /// The registry's handle to one subscriber's queue.
 #[derive(Clone, Debug)]
 pub(crate) struct QueueTx {
-    pub(crate) tx: mpsc::Sender<SharedMessage>,
     pub(crate) state: Arc<QueueState>,
 }
 
 impl QueueTx {
-    /// Queues `msg` without waiting; returns false when the subscriber lagged.
-    fn offer(&self, msg: &SharedMessage) -> bool {
+    /// Queues `item` without waiting. `Err(first)` when the subscriber lagged,
+    /// with `first` true if this call is what tipped it over.
+    fn offer(&self, item: Queued) -> Result<(), bool> {
         let state = &*self.state;
         if state.lagged.load(Ordering::Relaxed) {
-            return false;
+            return Err(false);
         }
-        let size = msg.size();
-        let queued = state.bytes.fetch_add(size, Ordering::Relaxed) + size;
-        let fits = queued <= state.max_bytes;
-        match fits.then(|| self.tx.try_send(msg.clone())) {
-            Some(Ok(())) => true,
-            Some(Err(mpsc::error::TrySendError::Closed(_))) => {
-                state.bytes.fetch_sub(size, Ordering::Relaxed);
-                true
-            }
-            Some(Err(mpsc::error::TrySendError::Full(_))) | None => {
-                state.bytes.fetch_sub(size, Ordering::Relaxed);
-                state.lagged.store(true, Ordering::Relaxed);
-                state.lag_notify.notify_waiters();
-                false
-            }
+        let size = match &item {
+            Queued::Message(m) => m.size(),
+            Queued::Lost(..) => 0,
+        };
+        let mut q = state.lock();
+        let fits = q.len() < state.max_messages
+            && state.bytes.load(Ordering::Relaxed) + size <= state.max_bytes;
+        if !fits {
+            drop(q);
+            return Err(state.mark_lagged());
         }
+        q.push_back(item);
+        state.bytes.fetch_add(size, Ordering::Relaxed);
+        drop(q);
+        state.waker.wake();
+        Ok(())
     }
 }
 
@@ -83,7 +163,7 @@ pub struct RegistryStats {
     pub delivered: AtomicU64,
     /// Deliveries refused because the subscriber's queue was full.
     pub dropped: AtomicU64,
-    /// Subscribers that overflowed their queue.
+    /// Subscribers that overflowed their queue (each is then disconnected).
     pub lagged: AtomicU64,
 }
 
@@ -164,22 +244,34 @@ impl Registry {
 
     /// Hands `msg` to every local subscriber of its channel; never waits.
     pub fn deliver(&self, msg: &SharedMessage) {
-        let Some(subs) = self.channels.get(msg.channel.as_str()) else {
+        self.offer_all(&msg.channel, || Queued::Message(msg.clone()));
+    }
+
+    /// Tells every local subscriber of `channel` that its history was lost and
+    /// the channel goes on from `at` in a new epoch (they answer `recovered: false`).
+    pub fn announce_loss(&self, channel: &Channel, at: &Position) {
+        self.offer_all(channel, || Queued::Lost(channel.clone(), at.clone()));
+    }
+
+    fn offer_all(&self, channel: &Channel, item: impl Fn() -> Queued) {
+        let Some(subs) = self.channels.get(channel.as_str()) else {
             return;
         };
-        let mut ok = 0u64;
-        let mut dropped = 0u64;
+        let (mut ok, mut dropped, mut lagged) = (0u64, 0u64, 0u64);
         for queue in subs.values() {
-            if queue.offer(msg) {
-                ok += 1;
-            } else {
-                dropped += 1;
+            match queue.offer(item()) {
+                Ok(()) => ok += 1,
+                Err(first) => {
+                    dropped += 1;
+                    lagged += u64::from(first);
+                }
             }
         }
         drop(subs);
         self.stats.delivered.fetch_add(ok, Ordering::Relaxed);
         if dropped > 0 {
             self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            self.stats.lagged.fetch_add(lagged, Ordering::Relaxed);
         }
     }
 }

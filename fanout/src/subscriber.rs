@@ -14,12 +14,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::{
     hub::Hub,
     message::SharedMessage,
-    registry::{QueueState, QueueTx, SubscriberId},
+    registry::{QueueState, QueueTx, Queued, SubscriberId},
     BrokerError, Channel, Epoch, Position,
 };
 
@@ -98,7 +98,6 @@ struct Cursor {
 pub struct Subscriber {
     id: SubscriberId,
     hub: Hub,
-    rx: mpsc::Receiver<SharedMessage>,
     /// The sending side of our queue, registered once per channel we hold.
     queue: QueueTx,
     /// Per channel, how far we have got.
@@ -110,19 +109,16 @@ pub struct Subscriber {
 impl Subscriber {
     pub(crate) fn new(hub: Hub, alarm: Arc<Notify>) -> Self {
         let limits = hub.limits();
-        let (tx, rx) = mpsc::channel(limits.queue_messages.max(1));
-        let state = Arc::new(QueueState {
-            bytes: Default::default(),
-            max_bytes: limits.queue_bytes,
-            lagged: Default::default(),
-            lag_notify: alarm,
-        });
+        let state = Arc::new(QueueState::new(
+            limits.queue_messages,
+            limits.queue_bytes,
+            alarm,
+        ));
         let id = hub.registry().next_id();
         Self {
             id,
             hub,
-            rx,
-            queue: QueueTx { tx, state },
+            queue: QueueTx { state },
             cursors: HashMap::new(),
             ready: VecDeque::new(),
         }
@@ -198,10 +194,7 @@ impl Subscriber {
             if let Some(ev) = self.take_ready()? {
                 return Ok(ev);
             }
-            let Some(msg) = self.rx.recv().await else {
-                // We hold a sender ourselves, so the queue cannot close under us.
-                continue;
-            };
+            let msg = self.queue.state.recv().await;
             self.accept(msg);
         }
     }
@@ -212,9 +205,9 @@ impl Subscriber {
             if let Some(ev) = self.take_ready()? {
                 return Ok(Some(ev));
             }
-            match self.rx.try_recv() {
-                Ok(msg) => self.accept(msg),
-                Err(_) => return Ok(None),
+            match self.queue.state.pop() {
+                Some(msg) => self.accept(msg),
+                None => return Ok(None),
             }
         }
     }
@@ -238,7 +231,6 @@ impl Subscriber {
 
     fn take_ready(&mut self) -> Result<Option<Event>, Lagged> {
         if self.is_lagged() {
-            self.hub.note_lagged();
             return Err(Lagged);
         }
         let Some(ev) = self.ready.pop_front() else {
@@ -259,12 +251,12 @@ impl Subscriber {
         Ok(Some(ev))
     }
 
-    /// Decides what a live message means for its channel's cursor.
-    fn accept(&mut self, msg: SharedMessage) {
-        self.queue
-            .state
-            .bytes
-            .fetch_sub(msg.size(), Ordering::Relaxed);
+    /// Decides what a queued item means for its channel's cursor.
+    fn accept(&mut self, item: Queued) {
+        let msg = match item {
+            Queued::Message(m) => m,
+            Queued::Lost(channel, at) => return self.lost(channel, at),
+        };
         let Some(cursor) = self.cursors.get_mut(&msg.channel) else {
             return; // queued before an unsubscribe
         };
@@ -290,6 +282,26 @@ impl Subscriber {
         }
         cursor.accepted = msg.offset;
         self.ready.push_back(Event::Message(msg));
+    }
+}
+
+impl Subscriber {
+    /// The channel's history was lost upstream: unless this subscriber is
+    /// already on the new line, tell it so now rather than at the next message.
+    fn lost(&mut self, channel: Channel, at: Position) {
+        let Some(cursor) = self.cursors.get_mut(&channel) else {
+            return;
+        };
+        if Position::new(cursor.epoch.clone(), cursor.accepted).leads_into(&at.epoch) {
+            return;
+        }
+        cursor.epoch = at.epoch.clone();
+        cursor.accepted = at.offset;
+        self.ready.push_back(Event::Reset(Subscribed {
+            channel,
+            position: at,
+            recovered: false,
+        }));
     }
 }
 

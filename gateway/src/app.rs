@@ -41,7 +41,6 @@ pub struct Metrics {
     pub poll: AtomicI64,
     pub tcp: AtomicI64,
     pub published: AtomicU64,
-    pub slow_consumer_cuts: AtomicU64,
 }
 
 /// Keeps one of the live-connection gauges in [`Metrics`] raised while held.

@@ -37,50 +37,73 @@ pub async fn handler(
     RawQuery(raw): RawQuery,
     Extension(conn): Extension<ConnInfo>,
 ) -> Result<Response, ApiError> {
-    let cfg = &app.config;
-    let query = Query::parse(raw.as_deref());
-    let channels = query.channels(cfg.max_channels)?;
-    if channels.is_empty() {
-        return Err(ApiError::plain(ErrorCode::NoChannel));
-    }
-    let cursor = match query.get("cursor").filter(|c| !c.is_empty()) {
-        None => None,
-        Some(c) => Some(
-            MultiPosition::parse(c, channels.len())
-                .map_err(|e| ApiError::new(ErrorCode::BadPosition, format!("cursor: {e}")))?,
-        ),
-    };
-    // Any whole number of seconds is accepted; one too large even for an
-    // integer is simply over the maximum, and clamped like any other.
-    let asked = match query.get("timeout") {
-        None => cfg.poll_timeout,
-        Some(t) if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_digit()) => {
-            t.parse::<u64>().unwrap_or(u64::MAX)
-        }
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "timeout must be a whole number of seconds",
-            ))
-        }
-    };
-    let hold = asked.min(cfg.poll_max_timeout);
-    let clamped = (asked > hold).then_some(hold);
+    // Parsed in a plain function, so that nothing of the raw query is kept
+    // while the poll is parked.
+    let request = PollRequest::parse(raw, &app.config)?;
+    let PollRequest {
+        channels,
+        cursor,
+        hold,
+        clamped,
+    } = request;
 
     let _gauge = Gauge::up(app.clone(), |m| &m.poll);
     let mut answer = read_now(&app, &channels, cursor.as_ref()).await?;
     answer.clamped = clamped;
+    drop(cursor);
     if answer.messages.is_empty() && answer.recovered && hold > 0 && !app.shutdown.is_cancelled() {
-        park(
-            &app,
-            &conn,
-            &channels,
-            &mut answer,
-            Duration::from_secs(hold),
-        )
-        .await?;
+        let hold = Duration::from_secs(hold);
+        park(&app, &conn, &channels, &mut answer, hold).await?;
     }
     Ok(render(answer))
+}
+
+/// A checked poll request.
+struct PollRequest {
+    channels: Vec<Channel>,
+    cursor: Option<MultiPosition>,
+    /// Seconds to hold, after clamping.
+    hold: u64,
+    /// The hold applied when the request asked for more than the maximum.
+    clamped: Option<u64>,
+}
+
+impl PollRequest {
+    fn parse(raw: Option<String>, cfg: &crate::config::Config) -> Result<Self, ApiError> {
+        let query = Query::parse(raw.as_deref());
+        let channels = query.channels(cfg.max_channels)?;
+        if channels.is_empty() {
+            return Err(ApiError::plain(ErrorCode::NoChannel));
+        }
+        let cursor = match query.get("cursor").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(
+                MultiPosition::parse(c, channels.len())
+                    .map_err(|e| ApiError::new(ErrorCode::BadPosition, format!("cursor: {e}")))?,
+            ),
+        };
+        // Any whole number of seconds is accepted; one too large even for an
+        // integer is simply over the maximum, and clamped like any other.
+        let asked = match query.get("timeout") {
+            None => cfg.poll_timeout,
+            Some(t) if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_digit()) => {
+                t.parse::<u64>().unwrap_or(u64::MAX)
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "timeout must be a whole number of seconds",
+                ))
+            }
+        };
+        let hold = asked.min(cfg.poll_max_timeout);
+        Ok(Self {
+            channels,
+            cursor,
+            hold,
+            clamped: (asked > hold).then_some(hold),
+        })
+    }
 }
 
 /// Reads every channel after its cursor position.

@@ -60,8 +60,9 @@ pub async fn serve(listener: TcpListener, router: Router, app: App) {
 async fn connection(stream: TcpStream, info: ConnInfo, router: Router, app: App) {
     let _gauge = Gauge::up(app.clone(), |m| &m.tcp);
     let alarm = info.alarm.clone();
+    let serve = streaming::serve(stream, info.clone(), router.clone(), app.clone());
     let outcome = tokio::select! {
-        outcome = streaming::serve(stream, info.clone(), router.clone(), app.clone()) => outcome,
+        outcome = serve => outcome,
         _ = alarm.notified() => return,
     };
     if let streaming::Outcome::Handoff(stream) = outcome {

@@ -180,7 +180,6 @@ impl Stream {
             ev = self.sub.next() => match ev {
                 Ok(ev) => (self.batch(ev), true),
                 Err(_) => {
-                    self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(transport = "sse", peer = %self.conn.peer, reason = "slow consumer", "close");
                     (Bytes::new(), false)
                 }

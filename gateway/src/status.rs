@@ -112,7 +112,7 @@ pub async fn metrics(State(app): State<App>) -> Response {
         m.published.load(Ordering::Relaxed),
         stats.delivered.load(Ordering::Relaxed),
         stats.dropped.load(Ordering::Relaxed),
-        m.slow_consumer_cuts.load(Ordering::Relaxed),
+        stats.lagged.load(Ordering::Relaxed),
         app.hub.broker_reconnects(),
         u8::from(app.hub.is_ready()),
     );

@@ -129,11 +129,17 @@ pub async fn serve(mut stream: TcpStream, info: ConnInfo, router: Router, app: A
                 inner: stream,
             });
         };
+        // Nothing of the head or the read buffer need outlive a long wait.
+        drop(head);
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
         // While the handler holds (a parked long-poll), watch the socket: a
         // client that goes away ends the wait and frees its subscriber.
         let mut router = router.clone();
-        let call = router.call(req);
-        tokio::pin!(call);
+        // Boxed: only this phase pays for the router's future, not the whole
+        // connection task for its whole life.
+        let mut call = Box::pin(router.call(req));
         let mut watching = true;
         let resp = loop {
             tokio::select! {
@@ -156,16 +162,14 @@ pub async fn serve(mut stream: TcpStream, info: ConnInfo, router: Router, app: A
                 }
             }
         };
-        match write_response(&mut stream, resp, keep, &info.alarm).await {
+        // Boxed, like the call above: the connection task stays small while idle.
+        let write = Box::pin(write_response(&mut stream, resp, keep, &info.alarm));
+        match write.await {
             Ok(true) if !app.shutdown.is_cancelled() => {}
             _ => {
                 let _ = stream.shutdown().await;
                 return Outcome::Done;
             }
-        }
-        // Keep-alive: release the read buffer while idle.
-        if buf.is_empty() {
-            buf = BytesMut::new();
         }
     }
 }
@@ -249,6 +253,8 @@ async fn write_response(
         b"connection: close\r\n\r\n"
     });
 
+    // The head is written; its headers need not live as long as the stream.
+    drop(parts);
     let (mut rd, mut wr) = stream.split();
     write_or_give_up(&mut wr, &head, alarm).await?;
     drop(head);

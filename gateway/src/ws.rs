@@ -261,7 +261,6 @@ impl Session {
                 }
                 ev = self.sub.next() => {
                     let Ok(ev) = ev else {
-                        self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Box::pin(self.close(Close::SlowConsumer)).await;
                         return "slow consumer";
                     };
@@ -307,7 +306,6 @@ impl Session {
                 Err(_) => Err("write timeout"),
             },
             _ = self.sub.lagged() => {
-                self.app.metrics.slow_consumer_cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Err("slow consumer")
             }
         }

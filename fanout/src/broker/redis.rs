@@ -657,7 +657,10 @@ fn repair(
     if !Position::new(last.epoch.clone(), last.offset).leads_into(&read.epoch) {
         // History was lost (Redis restarted empty or was flushed): the messages
         // read belong to another epoch's numbering and say nothing of what was
-        // missed. Subscribers learn of the new epoch from its first message.
+        // missed. Subscribers are told now, not at the next publish.
+        shared
+            .registry
+            .announce_loss(channel, &Position::new(read.epoch.clone(), read.top));
         delivered.insert(
             channel.clone(),
             Delivered {
