@@ -142,7 +142,14 @@ impl Message {
     }
 
     /// Decodes an envelope as the Redis function wrote it.
+    ///
+    /// The whole envelope is checked as strict JSON first (UTF-8, numbers in
+    /// range, no lone surrogates): something written into Redis by hand that
+    /// clients could not decode is refused here, once per node, rather than
+    /// handed to every subscriber.
     pub fn from_envelope(envelope: Bytes) -> Result<Self, EnvelopeError> {
+        serde_json::from_slice::<serde_json::Value>(&envelope)
+            .map_err(|e| EnvelopeError(e.to_string()))?;
         let head: EnvelopeHead<'_> =
             serde_json::from_slice(&envelope).map_err(|e| EnvelopeError(e.to_string()))?;
         let channel = Channel::new(&head.channel).map_err(|e| EnvelopeError(e.to_string()))?;

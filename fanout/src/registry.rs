@@ -59,8 +59,8 @@ pub(crate) struct QueueState {
 #[derive(Debug, Clone)]
 pub(crate) enum Queued {
     Message(SharedMessage),
-    /// The channel's history was lost (Redis restarted empty, or was flushed):
-    /// its line goes on from this position in a new epoch.
+    /// Continuity of the channel broke upstream (history lost or trimmed):
+    /// delivery goes on from this position.
     Lost(Channel, Position),
 }
 
@@ -247,8 +247,8 @@ impl Registry {
         self.offer_all(&msg.channel, || Queued::Message(msg.clone()));
     }
 
-    /// Tells every local subscriber of `channel` that its history was lost and
-    /// the channel goes on from `at` in a new epoch (they answer `recovered: false`).
+    /// Tells every local subscriber of `channel` that continuity broke and the
+    /// channel goes on from `at` (they are told `recovered: false`).
     pub fn announce_loss(&self, channel: &Channel, at: &Position) {
         self.offer_all(channel, || Queued::Lost(channel.clone(), at.clone()));
     }

@@ -286,13 +286,15 @@ impl Subscriber {
 }
 
 impl Subscriber {
-    /// The channel's history was lost upstream: unless this subscriber is
-    /// already on the new line, tell it so now rather than at the next message.
+    /// Continuity of the channel broke upstream (its history was lost, or
+    /// trimmed past what the node missed): unless this subscriber is already
+    /// at or past `at`, tell it so now rather than at the next message.
     fn lost(&mut self, channel: Channel, at: Position) {
         let Some(cursor) = self.cursors.get_mut(&channel) else {
             return;
         };
-        if Position::new(cursor.epoch.clone(), cursor.accepted).leads_into(&at.epoch) {
+        let same_line = Position::new(cursor.epoch.clone(), cursor.accepted).leads_into(&at.epoch);
+        if same_line && cursor.accepted >= at.offset {
             return;
         }
         cursor.epoch = at.epoch.clone();

@@ -63,6 +63,8 @@ error_codes! {
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, false,
         "the payload is over the node's size limit";
     Unauthorized => "unauthorized", UNAUTHORIZED, false, "a valid API key is required";
+    RequestTimeout => "request_timeout", REQUEST_TIMEOUT, true,
+        "the request body did not arrive in time";
     NotFound => "not_found", NOT_FOUND, false, "no such endpoint";
     NotUpgrade => "not_websocket", BAD_REQUEST, false,
         "this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket)";

@@ -145,13 +145,23 @@ async fn park(
     hold: Duration,
 ) -> Result<(), ApiError> {
     let mut sub = app.hub.subscriber_with_alarm(conn.alarm.clone());
-    for (ch, pos) in channels.iter().zip(&answer.positions) {
-        sub.subscribe(ch.clone(), Some(pos))
+    for i in 0..channels.len() {
+        let s = sub
+            .subscribe(channels[i].clone(), Some(&answer.positions[i]))
             .await
             .map_err(|e| match e {
                 SubscribeError::Broker(b) => ApiError::from(b),
                 other => ApiError::new(ErrorCode::BadRequest, other.to_string()),
             })?;
+        // History was lost between the read and the subscribe (the subscribe
+        // may wait for the broker): answer now with the verdict.
+        if !s.recovered {
+            answer.recovered = false;
+            answer.positions[i] = s.position;
+        }
+    }
+    if !answer.recovered {
+        return Ok(());
     }
 
     let first = tokio::select! {

@@ -16,6 +16,9 @@ use serde_json::{json, value::RawValue, Value};
 
 use crate::{app::App, codes::ErrorCode, error::ApiError};
 
+/// How long a publisher may take to send its request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One message as a publisher sends it.
 #[derive(Deserialize)]
 struct Item {
@@ -75,12 +78,18 @@ pub async fn handler(
             format!("the body is over {limit} bytes"),
         ));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body is over {limit} bytes"),
-        )
-    })?;
+    // The body must arrive in bounded time: a client trickling it in would
+    // otherwise pin up to `--max-body` bytes for as long as it likes.
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is over {limit} bytes"),
+            ))
+        }
+        Err(_) => return Err(ApiError::plain(ErrorCode::RequestTimeout)),
+    };
     let parsed: PublishBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(ErrorCode::BadJson, e.to_string()))?;
 
@@ -170,6 +179,13 @@ fn check(app: &App, item: Item, index: Option<usize>) -> Result<PublishRequest, 
             ErrorCode::BadJson,
             at(format!("data nests deeper than {MAX_NESTING} levels")),
         ));
+    }
+    // Strict JSON, as every client will parse it: numbers in range, no lone
+    // surrogates (a raw value alone lets both through).
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(data.get())
+        .and_then(|_| serde_json::from_str::<Value>(data.get()))
+    {
+        return Err(ApiError::new(ErrorCode::BadJson, at(format!("data: {e}"))));
     }
     let data: Box<str> = data.get().into();
     PublishRequest::new(

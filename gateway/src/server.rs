@@ -41,7 +41,9 @@ pub async fn serve(listener: TcpListener, router: Router, app: App) {
                 continue;
             }
         };
-        if app.metrics.tcp.load(Ordering::Relaxed) as usize >= app.config.max_connections {
+        // Upgraded WebSockets have left hyper's connection task: count them too.
+        let open = app.metrics.tcp.load(Ordering::Relaxed) + app.metrics.ws.load(Ordering::Relaxed);
+        if open.max(0) as usize >= app.config.max_connections {
             tracing::debug!(%peer, "connection limit reached; refusing");
             continue;
         }

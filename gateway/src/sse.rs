@@ -112,6 +112,7 @@ pub async fn handler(
         }),
     );
 
+    tracing::info!(transport = "sse", peer = %conn.peer, channels = channels.len(), "open");
     Ok(event_stream(Body::from_stream(body)))
 }
 
@@ -157,6 +158,12 @@ struct Stream {
     conn: ConnInfo,
     /// Counts this stream as open for as long as it lives.
     _gauge: Gauge,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        tracing::info!(transport = "sse", peer = %self.conn.peer, "close");
+    }
 }
 
 impl Stream {

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::{
-    extract::{Path, State},
+    extract::{rejection::PathRejection, Path, State},
     http::{header, StatusCode},
     response::{Html, IntoResponse, Response},
     Json,
@@ -58,8 +58,9 @@ pub async fn cluster(State(app): State<App>) -> Result<Json<serde_json::Value>, 
 /// Who listens to one channel: subscribers here, and nodes holding any.
 pub async fn channel(
     State(app): State<App>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::new(ErrorCode::BadChannel, e.body_text()))?;
     let channel = Channel::new(&name)
         .map_err(|e| ApiError::new(ErrorCode::BadChannel, format!("{name:?}: {e}")))?;
     let (local, nodes) = app.hub.listening(&channel).await?;

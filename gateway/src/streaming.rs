@@ -78,7 +78,12 @@ impl Head {
     /// A GET for a streaming endpoint, with no body and no upgrade.
     fn is_lean(&self) -> bool {
         let path = self.target.split('?').next().unwrap_or("");
-        let bodyless = self.header("content-length").is_none_or(|v| v == b"0")
+        let lengths = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+        let bodyless = lengths.clone().count() <= 1
+            && self.header("content-length").is_none_or(|v| v == b"0")
             && self.header("transfer-encoding").is_none();
         self.method == "GET"
             && matches!(path, "/v1/sse" | "/v1/poll")
@@ -120,15 +125,16 @@ pub async fn serve(mut stream: TcpStream, info: ConnInfo, router: Router, app: A
                 inner: stream,
             });
         }
-        buf.advance(head.len);
-        let keep = head.keep_alive();
-
+        // A target the request builder refuses (say, a raw `"`) goes to hyper
+        // with its bytes, for hyper's own 400.
         let Some(req) = request(&head, &info) else {
             return Outcome::Handoff(Prefixed {
-                prefix: Bytes::new(),
+                prefix: buf.freeze(),
                 inner: stream,
             });
         };
+        buf.advance(head.len);
+        let keep = head.keep_alive();
         // Nothing of the head or the read buffer need outlive a long wait.
         drop(head);
         if buf.is_empty() {

@@ -24,17 +24,50 @@ local function valid_label(s)
   return #s <= 128 and not string.find(s, '%c')
 end
 
+-- Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF): every
+-- client must be able to decode what is stored, or one bad publish would
+-- poison the channel for everyone reading it.
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local _, last = string.find(s, '^[%z\1-\127]+', i)
+    if last then
+      i = last + 1
+    else
+      local c = string.byte(s, i)
+      local len
+      if c >= 194 and c <= 223 then len = 2
+      elseif c >= 224 and c <= 239 then len = 3
+      elseif c >= 240 and c <= 244 then len = 4
+      else return false end
+      local lo, hi = 128, 191
+      if c == 224 then lo = 160 elseif c == 237 then hi = 159
+      elseif c == 240 then lo = 144 elseif c == 244 then hi = 143 end
+      local c2 = string.byte(s, i + 1) or 0
+      if c2 < lo or c2 > hi then return false end
+      for k = 2, len - 1 do
+        local ck = string.byte(s, i + k) or 0
+        if ck < 128 or ck > 191 then return false end
+      end
+      i = i + len
+    end
+  end
+  return true
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The channel's epoch, created on first use (or after its history was lost).
-local function epoch_of(meta)
+-- The channel's epoch, created on first use (or after its offsets were lost,
+-- in which case any history left behind belongs to the old epoch and goes).
+local function epoch_of(meta, hist, ids)
   local e = redis.call('HGET', meta, 'e')
   if not e then
     local t = redis.call('TIME')
     e = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+    redis.call('DEL', hist, ids)
     redis.call('HSET', meta, 'e', e, 'o', 0)
     redis.call('PEXPIRE', meta, META_TTL_MS)
   end
@@ -51,7 +84,9 @@ local function publish(keys, args)
   if not data or #data > MAX_DATA then
     return redis.error_reply('ERR payload_too_large data is missing or over ' .. MAX_DATA .. ' bytes')
   end
-  if not pcall(cjson.decode, data) then
+  -- Strict numbers: no NaN, Infinity, hex, leading zeros or plus signs.
+  cjson.decode_invalid_numbers(false)
+  if not valid_utf8(data) or not pcall(cjson.decode, data) then
     return redis.error_reply('ERR bad_json data is not valid JSON')
   end
   if not valid_label(id) or not valid_label(who) then
@@ -59,7 +94,7 @@ local function publish(keys, args)
   end
 
   local meta, hist, ids = 'gw:{' .. c .. '}:m', 'gw:{' .. c .. '}:h', 'gw:{' .. c .. '}:i'
-  local e = epoch_of(meta)
+  local e = epoch_of(meta, hist, ids)
   if id ~= '' then
     local prev = redis.call('ZSCORE', ids, id)
     if prev then
@@ -80,9 +115,10 @@ local function publish(keys, args)
     redis.call('PEXPIRE', hist, HISTORY_AGE_MS)
     if id ~= '' then
       redis.call('ZADD', ids, o, id)
-      redis.call('ZREMRANGEBYSCORE', ids, '-inf', o - HISTORY_SIZE)
       redis.call('PEXPIRE', ids, HISTORY_AGE_MS)
     end
+    -- Ids live exactly as long as their messages stay in history.
+    redis.call('ZREMRANGEBYSCORE', ids, '-inf', o - HISTORY_SIZE)
   end
   redis.call('PEXPIRE', meta, META_TTL_MS)
   redis.call('PUBLISH', 'gw:{' .. c .. '}:p', env)

@@ -473,17 +473,22 @@ fn parse_read(value: Value) -> Result<HistoryRead, BrokerError> {
     let epoch =
         Epoch::new(&epoch).map_err(|e| unavailable(format!("bad epoch from Redis: {e}")))?;
     let mut messages = Vec::new();
+    let mut covered = covered == 1;
     for v in items {
         let raw: Vec<u8> = redis::from_redis_value(v).map_err(classify)?;
         match Message::from_envelope(Bytes::from(raw)) {
             Ok(m) => messages.push(Arc::new(m)),
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => {
+                // Skipped, not fatal: readers see the hole as `recovered: false`.
+                tracing::warn!(cause = %e, "skipping an unreadable message in Redis history");
+                covered = false;
+            }
         }
     }
     Ok(HistoryRead {
         epoch,
         top,
-        covered: covered == 1,
+        covered,
         messages,
     })
 }
@@ -624,7 +629,31 @@ async fn subscribe_all(
             .iter()
             .map(|c| (c.clone(), delivered.get(c).map(|d| d.offset)))
             .collect();
-        let results = shared.read_many(&reads).await?;
+        let mut results = shared.read_many(&reads).await?;
+
+        // Channels whose history was lost while we were away (a new epoch):
+        // read the new epoch from its start, so what was published in it
+        // since is delivered, right after the verdict.
+        let lost: Vec<(Channel, Option<u64>)> = reads
+            .iter()
+            .zip(&results)
+            .filter(|((c, after), read)| {
+                after.is_some()
+                    && delivered.get(c).is_some_and(|d| {
+                        !Position::new(d.epoch.clone(), d.offset).leads_into(&read.epoch)
+                    })
+            })
+            .map(|((c, _), _)| (c.clone(), Some(0)))
+            .collect();
+        if !lost.is_empty() {
+            let fresh = shared.read_many(&lost).await?;
+            for ((channel, _), read) in lost.into_iter().zip(fresh) {
+                if let Some(i) = reads.iter().position(|(c, _)| *c == channel) {
+                    results[i] = read;
+                }
+            }
+        }
+
         for ((channel, after), read) in reads.into_iter().zip(results) {
             let known = delivered.get(&channel).cloned();
             match known {
@@ -646,7 +675,10 @@ async fn subscribe_all(
     Ok(())
 }
 
-/// Delivers what a reconnect missed, from a read made after `last`.
+/// Delivers what a reconnect missed, from a read made after `last` (or, when
+/// the epoch changed, from the new epoch's start). Wherever continuity is
+/// broken — history lost, or trimmed past what we missed — subscribers are
+/// told `recovered: false` at once, with the position delivery goes on from.
 fn repair(
     shared: &Shared,
     channel: &Channel,
@@ -654,37 +686,30 @@ fn repair(
     read: HistoryRead,
     delivered: &mut HashMap<Channel, Delivered>,
 ) {
-    if !Position::new(last.epoch.clone(), last.offset).leads_into(&read.epoch) {
-        // History was lost (Redis restarted empty or was flushed): the messages
-        // read belong to another epoch's numbering and say nothing of what was
-        // missed. Subscribers are told now, not at the next publish.
+    let same_line = Position::new(last.epoch.clone(), last.offset).leads_into(&read.epoch);
+    let mut offset = if same_line { last.offset } else { 0 };
+    let first = read.messages.first().map(|m| m.offset);
+    let broken = !same_line || !read.covered || first.is_some_and(|f| f != offset + 1);
+    if broken {
+        tracing::warn!(%channel, from = last.offset, "history does not cover a link outage");
+        let resume_at = first.map_or(read.top, |f| f - 1).max(offset);
         shared
             .registry
-            .announce_loss(channel, &Position::new(read.epoch.clone(), read.top));
-        delivered.insert(
-            channel.clone(),
-            Delivered {
-                epoch: read.epoch,
-                offset: read.top,
-            },
-        );
-        return;
+            .announce_loss(channel, &Position::new(read.epoch.clone(), resume_at));
+        offset = resume_at;
     }
-    if !read.covered {
-        tracing::warn!(%channel, from = last.offset, "history no longer covers a link outage");
-    }
-    let mut offset = last.offset;
     for msg in read.messages {
         if msg.offset > offset {
             offset = msg.offset;
             shared.registry.deliver(&msg);
         }
     }
+    let offset = offset.max(read.top);
     delivered.insert(
         channel.clone(),
         Delivered {
             epoch: read.epoch,
-            offset: offset.max(read.top),
+            offset,
         },
     );
 }
