@@ -145,9 +145,9 @@ async fn park(
     hold: Duration,
 ) -> Result<(), ApiError> {
     let mut sub = app.hub.subscriber_with_alarm(conn.alarm.clone());
-    for i in 0..channels.len() {
+    for (i, channel) in channels.iter().enumerate() {
         let s = sub
-            .subscribe(channels[i].clone(), Some(&answer.positions[i]))
+            .subscribe(channel.clone(), Some(&answer.positions[i]))
             .await
             .map_err(|e| match e {
                 SubscribeError::Broker(b) => ApiError::from(b),
