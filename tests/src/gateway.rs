@@ -204,6 +204,24 @@ impl Gateway {
         }
     }
 
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) to the running node
+    /// without waiting for any effect.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("gateway is not running")?;
+        crate::process::send_signal(pid, signal)
+    }
+
+    /// The node's resident memory in bytes (`VmRSS`).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let pid = self.pid().context("gateway is not running")?;
+        crate::process::rss_bytes(pid)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -23,6 +23,13 @@
 //!   parser over a `reqwest` body stream.
 //! - [`subscriber`] is one subscription over any transport, so a delivery
 //!   promise is written once and checked on WebSocket, SSE and long-poll.
+//! - [`process`] sends signals (SIGSTOP, SIGCONT, SIGTERM) to a child the
+//!   test started and reads its resident memory from `/proc`.
+//! - [`faults`] is what the fault-injection tests share: subscribers that
+//!   reconnect with their position on every transport and record everything
+//!   they saw, a publisher that retries each message under the same
+//!   idempotency id until it is accepted, and the per-transport tally of
+//!   published, delivered, lost and duplicated messages.
 //! - [`wait`] bounds every wait: a whole-test timeout and a poll-until-true
 //!   helper with a deadline, so no test sleeps to synchronise.
 //!
@@ -35,8 +42,10 @@
 pub mod bins;
 pub mod cli;
 pub mod envelope;
+pub mod faults;
 pub mod gateway;
 pub mod http;
+pub mod process;
 pub mod redis_server;
 pub mod sse;
 pub mod subscriber;

@@ -1,11 +1,18 @@
 //! One `redis-server` child process on a free loopback port, owned by a test,
 //! plus the few commands the tests send to it over a minimal RESP2 client.
 //!
-//! The server keeps nothing on disk (`--save "" --appendonly no`, in its own
-//! temporary `--dir`), so [`RedisServer::restart`] is a Redis that lost all
-//! its data: exactly the event that must change every channel's epoch.
+//! By default the server keeps nothing on disk (`--save "" --appendonly no`,
+//! in its own temporary `--dir`), so [`RedisServer::restart`] is a Redis that
+//! lost all its data: exactly the event that must change every channel's
+//! epoch. [`RedisServer::start_persistent`] runs it with `--appendonly yes
+//! --appendfsync always` instead (what the README asks of a Redis that must
+//! restart without losing accepted messages), and its restart replays the
+//! append-only file from the same `--dir`.
+//!
+//! [`RedisServer::pause`] and [`RedisServer::resume`] stop and continue the
+//! process (SIGSTOP, SIGCONT): a Redis that goes silent without closing any
+//! connection, the fault only a timeout can detect.
 
-use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +22,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::process::send_signal;
 use crate::wait::{RETRY_INTERVAL, STEP_TIMEOUT};
 
 /// How many free ports [`RedisServer::start`] tries before giving up: a port
@@ -71,12 +79,26 @@ pub struct RedisServer {
     dir: TempDir,
     /// The live process; `None` between [`RedisServer::kill`] and a restart.
     child: Option<Child>,
+    /// Whether every write is in the append-only file before it is answered,
+    /// so that a restart keeps what was accepted.
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it
     /// answers PING.
     pub async fn start() -> Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Starts a `redis-server` that persists every write before answering it
+    /// (`--appendonly yes --appendfsync always`), so that a kill and
+    /// [`RedisServer::restart`] lose nothing that was accepted.
+    pub async fn start_persistent() -> Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Result<Self> {
         let mut last_error = anyhow!("no attempt made");
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::Builder::new()
@@ -87,6 +109,7 @@ impl RedisServer {
                 port: free_port()?,
                 dir,
                 child: None,
+                persistent,
             };
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
@@ -117,11 +140,29 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Kills the server (if running) and starts a fresh, empty one on the same
-    /// port, waiting until it answers PING.
+    /// Kills the server (if running) and starts it again on the same port,
+    /// waiting until it answers PING: empty, or for a persistent server with
+    /// everything its append-only file holds.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill()?;
         self.spawn_and_wait().await
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the process (SIGSTOP): its sockets stay open and silent.
+    pub fn pause(&self) -> Result<()> {
+        let pid = self.pid().context("redis-server is not running")?;
+        send_signal(pid, "STOP")
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        let pid = self.pid().context("redis-server is not running")?;
+        send_signal(pid, "CONT")
     }
 
     /// `FLUSHALL`: drops every key (history, offsets, epochs). Functions
@@ -203,11 +244,22 @@ impl RedisServer {
     /// Spawns redis-server on `self.port` and waits until PING answers PONG,
     /// failing early (with the log) if the process exits.
     async fn spawn_and_wait(&mut self) -> Result<()> {
-        let log = File::create(self.log_path()).context("creating redis log")?;
+        // Appended to, so that a restart's log follows the previous run's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("creating redis log")?;
+        let durability: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
             .arg("--port")
             .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(durability)
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())

@@ -43,6 +43,12 @@ pub struct SseClient {
     pending: Pending,
     /// How many comment lines (`: heartbeat`) arrived.
     comments: usize,
+    /// Every `retry:` field, with how many events had been dispatched when
+    /// it arrived (so a test can tell a reconnect hint at the end of the
+    /// stream from the one at its start).
+    retries: Vec<(u64, usize)>,
+    /// Events dispatched so far.
+    dispatched: usize,
     /// The URL, for failure messages.
     url: String,
 }
@@ -99,8 +105,42 @@ impl SseClient {
             ready: VecDeque::new(),
             pending: Pending::default(),
             comments: 0,
+            retries: Vec::new(),
+            dispatched: 0,
             url: url.to_string(),
         })
+    }
+
+    /// Every `retry:` hint so far (milliseconds), each with the number of
+    /// events dispatched before it.
+    pub fn retries(&self) -> &[(u64, usize)] {
+        &self.retries
+    }
+
+    /// How many events have been dispatched so far.
+    pub fn dispatched(&self) -> usize {
+        self.dispatched
+    }
+
+    /// The next dispatched event, or `None` once the gateway ended the stream
+    /// cleanly; silence past [`STEP_TIMEOUT`] or a broken body is an error.
+    pub async fn next_event_or_end(&mut self) -> Result<Option<SseEvent>> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            let chunk = tokio::time::timeout(STEP_TIMEOUT, self.body.next())
+                .await
+                .map_err(|_| anyhow!("no SSE event from {} within {STEP_TIMEOUT:?}", self.url))?;
+            match chunk {
+                Some(chunk) => {
+                    let chunk = chunk.with_context(|| format!("reading {}", self.url))?;
+                    self.buf.extend_from_slice(&chunk);
+                    self.parse_lines()?;
+                }
+                None => return Ok(None),
+            }
+        }
     }
 
     /// How many comment lines have arrived so far.
@@ -225,6 +265,14 @@ impl SseClient {
                 data.push('\n');
             }
             "id" if !value.contains('\0') => self.pending.id = Some(value.to_owned()),
+            "retry" => {
+                // The standard ignores a retry that is not all ASCII digits.
+                if let Ok(ms) = value.parse::<u64>() {
+                    if value.bytes().all(|b| b.is_ascii_digit()) {
+                        self.retries.push((ms, self.dispatched));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -235,6 +283,7 @@ impl SseClient {
             return;
         };
         data.pop();
+        self.dispatched += 1;
         self.ready.push_back(SseEvent {
             event: pending
                 .event
@@ -257,6 +306,8 @@ mod tests {
             ready: VecDeque::new(),
             pending: Pending::default(),
             comments: 0,
+            retries: Vec::new(),
+            dispatched: 0,
             url: "test".into(),
         }
     }
@@ -280,6 +331,17 @@ mod tests {
         let second = sse.ready.pop_front().context("second event")?;
         assert_eq!(second.event, "message");
         assert_eq!(second.id.as_deref(), Some("e:1"));
+        Ok(())
+    }
+
+    #[test]
+    fn records_retry_hints_with_the_events_before_them() -> Result<()> {
+        let mut sse = parser();
+        sse.buf
+            .extend_from_slice(b"retry: 2000\n\ndata: a\n\nretry: x1\n\nretry: 450\n\n");
+        sse.parse_lines()?;
+        assert_eq!(sse.retries(), &[(2000, 0), (450, 1)]);
+        assert_eq!(sse.dispatched(), 1);
         Ok(())
     }
 }
