@@ -103,28 +103,31 @@ impl Hub {
         self.0.broker.publish_batch(reqs).await
     }
 
-    /// Reads `channel` after `since` without subscribing: what a stateless long-poll needs.
+    /// Reads `channel` after `since` without subscribing: what a stateless
+    /// long-poll needs. At most `limit` messages; more may follow.
     pub async fn read(
         &self,
         channel: &Channel,
         since: Option<&Position>,
+        limit: usize,
     ) -> Result<(Subscribed, Vec<SharedMessage>), BrokerError> {
         let after = since.map(|p| p.offset);
-        let read = self.0.broker.read(channel, after).await?;
+        let read = self.0.broker.read(channel, after, limit).await?;
         Ok(decide(channel, since, read))
     }
 
-    /// Makes sure the broker routes `channel` here, then reads it after `since`.
+    /// Makes sure the broker routes `channel` here, then reads its first page after `since`.
     pub(crate) async fn resume(
         &self,
         channel: &Channel,
         since: Option<&Position>,
+        limit: usize,
     ) -> Result<(Subscribed, Vec<SharedMessage>), BrokerError> {
         self.0
             .broker
             .watch(channel, self.0.limits.watch_timeout)
             .await?;
-        self.read(channel, since).await
+        self.read(channel, since, limit).await
     }
 
     /// Every live node of the cluster, as each describes itself. On the embedded

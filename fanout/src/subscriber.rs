@@ -92,6 +92,10 @@ struct Cursor {
     accepted: u64,
     /// Highest offset handed to the owner by [`Subscriber::next`].
     delivered: u64,
+    /// A replay is still being paged in from history: live messages of this
+    /// channel are skipped meanwhile (history has them too, and the pages
+    /// deliver them in order).
+    replaying: bool,
 }
 
 /// A connection's subscription to any number of channels.
@@ -143,7 +147,7 @@ impl Subscriber {
         self.hub
             .registry()
             .add(&channel, self.id, self.queue.clone());
-        let resumed = match self.hub.resume(&channel, since).await {
+        let resumed = match self.hub.resume(&channel, since, self.page_limit()).await {
             Ok(r) => r,
             Err(e) => {
                 self.hub.registry().remove(&channel, self.id);
@@ -153,17 +157,75 @@ impl Subscriber {
         let (subscribed, replay) = resumed;
 
         let start = subscribed.position.offset;
-        let accepted = replay.last().map_or(start, |m| m.offset);
-        self.cursors.insert(
-            channel,
-            Cursor {
-                epoch: subscribed.position.epoch.clone(),
-                accepted,
-                delivered: start,
-            },
-        );
-        self.ready.extend(replay.into_iter().map(Event::Message));
+        let mut cursor = Cursor {
+            epoch: subscribed.position.epoch.clone(),
+            accepted: start,
+            delivered: start,
+            replaying: false,
+        };
+        self.take_page(&mut cursor, replay);
+        self.cursors.insert(channel, cursor);
         Ok(subscribed)
+    }
+
+    /// Most messages replayed per history read: a resume far back is paged in
+    /// as the client takes it, so it never holds more than about a queue's
+    /// worth of the channel's history at once.
+    fn page_limit(&self) -> usize {
+        self.hub.limits().queue_messages.clamp(1, 512)
+    }
+
+    /// Queues a page of replay (bounded in bytes too) and notes whether more may follow.
+    fn take_page(&mut self, cursor: &mut Cursor, page: Vec<SharedMessage>) {
+        let full = page.len() >= self.page_limit();
+        let budget = (self.hub.limits().queue_bytes / 2).max(1);
+        let mut bytes = 0;
+        let mut cut = false;
+        for msg in page {
+            if msg.offset <= cursor.accepted {
+                continue;
+            }
+            if bytes > 0 && bytes + msg.size() > budget {
+                cut = true;
+                break;
+            }
+            bytes += msg.size();
+            cursor.accepted = msg.offset;
+            self.ready.push_back(Event::Message(msg));
+        }
+        cursor.replaying = full || cut;
+    }
+
+    /// Reads the next page of a replay still in progress.
+    async fn next_page(&mut self, channel: Channel) -> Result<(), Lagged> {
+        let Some(at) = self
+            .cursors
+            .get(&channel)
+            .map(|c| Position::new(c.epoch.clone(), c.accepted))
+        else {
+            return Ok(());
+        };
+        let page = self.page_limit();
+        // A broker that cannot be read ends the connection; the client resumes from its position.
+        let (s, msgs) = self
+            .hub
+            .read(&channel, Some(&at), page)
+            .await
+            .map_err(|_| Lagged)?;
+        let Some(mut cursor) = self.cursors.remove(&channel) else {
+            return Ok(());
+        };
+        if s.recovered {
+            self.take_page(&mut cursor, msgs);
+        } else {
+            // History moved on while the replay was paged in.
+            cursor.epoch = s.position.epoch.clone();
+            cursor.accepted = s.position.offset;
+            cursor.replaying = false;
+            self.ready.push_back(Event::Reset(s));
+        }
+        self.cursors.insert(channel, cursor);
+        Ok(())
     }
 
     /// Stops delivery of `channel`; returns false when it was not held.
@@ -193,6 +255,20 @@ impl Subscriber {
         loop {
             if let Some(ev) = self.take_ready()? {
                 return Ok(ev);
+            }
+            let replaying = self
+                .cursors
+                .iter()
+                .find(|(_, c)| c.replaying)
+                .map(|(ch, _)| ch.clone());
+            if let Some(channel) = replaying {
+                // Take what is queued first (the replaying channel's live
+                // messages are skipped), so a long replay cannot overflow it.
+                while let Some(item) = self.queue.state.pop() {
+                    self.accept(item);
+                }
+                self.next_page(channel).await?;
+                continue;
             }
             let msg = self.queue.state.recv().await;
             self.accept(msg);
@@ -260,6 +336,9 @@ impl Subscriber {
         let Some(cursor) = self.cursors.get_mut(&msg.channel) else {
             return; // queued before an unsubscribe
         };
+        if cursor.replaying {
+            return; // the replay's pages will bring it, in order
+        }
         let at = Position::new(cursor.epoch.clone(), cursor.accepted);
         let same_line = at.leads_into(&msg.epoch);
         let continuous = same_line && msg.offset == cursor.accepted + 1;
@@ -299,6 +378,7 @@ impl Subscriber {
         }
         cursor.epoch = at.epoch.clone();
         cursor.accepted = at.offset;
+        cursor.replaying = false;
         self.ready.push_back(Event::Reset(Subscribed {
             channel,
             position: at,

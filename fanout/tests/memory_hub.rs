@@ -150,12 +150,31 @@ async fn duplicate_publish_id_is_delivered_once() {
 #[tokio::test]
 async fn reading_an_unpublished_channel_creates_nothing_and_resumes_from_zero() {
     let hub = hub(10, 64);
-    let (s, msgs) = hub.read(&ch("never"), None).await.unwrap();
+    let (s, msgs) = hub.read(&ch("never"), None, 100).await.unwrap();
     assert_eq!(s.position.offset, 0);
     assert!(msgs.is_empty());
     let at = s.position;
     publish(&hub, "never", 2).await;
-    let (s, msgs) = hub.read(&ch("never"), Some(&at)).await.unwrap();
+    let (s, msgs) = hub.read(&ch("never"), Some(&at), 100).await.unwrap();
     assert!(s.recovered);
     assert_eq!(msgs.len(), 2);
+}
+
+#[tokio::test]
+async fn a_long_replay_is_paged_in_and_interleaves_no_live_message_out_of_order() {
+    // Queue of 8: the replay of 40 messages must come in pages, never all at once.
+    let hub = hub(100, 8);
+    let ch_at = publish(&hub, "c", 1).await;
+    let at = Position::new(ch_at.epoch.clone(), 0);
+    publish(&hub, "c", 39).await;
+    let mut sub = hub.subscriber();
+    assert!(sub.subscribe(ch("c"), Some(&at)).await.unwrap().recovered);
+    let mut got = Vec::new();
+    for i in 0..45u64 {
+        if i == 20 {
+            publish(&hub, "c", 5).await; // live while the replay is paged in
+        }
+        got.push(next_offset(&mut sub).await);
+    }
+    assert_eq!(got, (1..=45).collect::<Vec<u64>>());
 }

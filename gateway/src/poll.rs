@@ -121,7 +121,7 @@ async fn read_now(
     };
     for (i, ch) in channels.iter().enumerate() {
         let since = cursor.and_then(|c| c.0.get(i));
-        let (subscribed, msgs) = app.hub.read(ch, since).await?;
+        let (subscribed, msgs) = app.hub.read(ch, since, limit).await?;
         answer.recovered &= subscribed.recovered;
         let mut pos = subscribed.position;
         for m in msgs {

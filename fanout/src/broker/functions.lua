@@ -125,7 +125,7 @@ local function publish(keys, args)
   return {o, e, 0}
 end
 
--- FCALL gw_read 1 CHANNEL [AFTER]  ->  {epoch, top, covered, envelope...}
+-- FCALL gw_read 1 CHANNEL [AFTER [LIMIT]]  ->  {epoch, top, covered, envelope...}
 -- (registered read-only, so replicas and FCALL_RO may serve it too)
 -- Without AFTER only the channel's state is returned. `covered` is 1 when the
 -- envelopes are every message after AFTER.
@@ -146,7 +146,13 @@ local function read(keys, args)
   end
 
   local oldest = now_ms() - HISTORY_AGE_MS
-  local entries = redis.call('XRANGE', hist, '(' .. after .. '-0', '+')
+  local limit = tonumber(args[2] or '')
+  local entries
+  if limit then
+    entries = redis.call('XRANGE', hist, '(' .. after .. '-0', '+', 'COUNT', limit)
+  else
+    entries = redis.call('XRANGE', hist, '(' .. after .. '-0', '+')
+  end
   local expect = after + 1
   for _, entry in ipairs(entries) do
     local offset = tonumber(string.match(entry[1], '^(%d+)'))
@@ -160,7 +166,8 @@ local function read(keys, args)
       out[#out + 1] = env
     end
   end
-  if expect ~= top + 1 then
+  -- A page cut short by LIMIT need not reach the newest offset.
+  if expect ~= top + 1 and not (limit and #entries >= limit) then
     out[3] = 0
   end
   return out

@@ -120,8 +120,8 @@ impl MemoryBroker {
         }
     }
 
-    /// The channel's state and the messages after `after`.
-    pub fn read(&self, channel: &Channel, after: Option<u64>) -> HistoryRead {
+    /// The channel's state and at most `limit` messages after `after`.
+    pub fn read(&self, channel: &Channel, after: Option<u64>, limit: usize) -> HistoryRead {
         // Reading a channel nothing was published to creates no state: it
         // reads as the empty epoch, like a fresh channel on Redis.
         let Some(state) = self.channels.get(channel).map(|s| s.clone()) else {
@@ -145,6 +145,7 @@ impl MemoryBroker {
                     .history
                     .iter()
                     .filter(|m| m.offset > after)
+                    .take(limit)
                     .cloned()
                     .collect();
                 (oldest <= after + 1, msgs)

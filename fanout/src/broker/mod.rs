@@ -36,7 +36,8 @@ pub struct HistoryRead {
     pub epoch: Epoch,
     /// Newest offset assigned in this epoch (0: nothing published yet).
     pub top: u64,
-    /// Whether `messages` holds every message after the requested offset.
+    /// Whether `messages` starts right after the requested offset with no hole
+    /// (and, unless the read's limit cut it short, runs up to `top`).
     pub covered: bool,
     /// Messages after the requested offset, oldest first (empty when none was requested).
     pub messages: Vec<SharedMessage>,
@@ -85,10 +86,11 @@ impl Broker {
         &self,
         channel: &Channel,
         after: Option<u64>,
+        limit: usize,
     ) -> Result<HistoryRead, BrokerError> {
         match self {
-            Self::Memory(b) => Ok(b.read(channel, after)),
-            Self::Redis(b) => b.read(channel, after).await,
+            Self::Memory(b) => Ok(b.read(channel, after, limit)),
+            Self::Redis(b) => b.read(channel, after, limit).await,
         }
     }
 

@@ -239,16 +239,28 @@ impl RedisBroker {
             .collect()
     }
 
+    /// The channel's state and at most `limit` messages after `after`.
     pub async fn read(
         &self,
         channel: &Channel,
         after: Option<u64>,
+        limit: usize,
     ) -> Result<HistoryRead, BrokerError> {
-        self.shared
-            .read_many(&[(channel.clone(), after)])
-            .await?
-            .pop()
-            .ok_or_else(|| unavailable("empty reply"))
+        let mut pipe = redis::pipe();
+        let cmd = pipe
+            .cmd("FCALL")
+            .arg("gw_read")
+            .arg(1)
+            .arg(channel.as_str());
+        if let Some(after) = after {
+            cmd.arg(after).arg(limit.max(1));
+        }
+        let values = self.shared.run(&pipe).await?;
+        let value = values
+            .into_iter()
+            .next()
+            .ok_or_else(|| unavailable("empty reply"))?;
+        parse_read(value)
     }
 
     /// Waits until the link is subscribed to `channel` (the registry already holds it).
