@@ -247,14 +247,7 @@ impl RedisBroker {
         limit: usize,
     ) -> Result<HistoryRead, BrokerError> {
         let mut pipe = redis::pipe();
-        let cmd = pipe
-            .cmd("FCALL")
-            .arg("gw_read")
-            .arg(1)
-            .arg(channel.as_str());
-        if let Some(after) = after {
-            cmd.arg(after).arg(limit.max(1));
-        }
+        push_read(&mut pipe, channel, after, Some(limit));
         let values = self.shared.run(&pipe).await?;
         let value = values
             .into_iter()
@@ -457,17 +450,31 @@ impl Shared {
     ) -> Result<Vec<HistoryRead>, BrokerError> {
         let mut pipe = redis::pipe();
         for (channel, after) in reads {
-            let cmd = pipe
-                .cmd("FCALL")
-                .arg("gw_read")
-                .arg(1)
-                .arg(channel.as_str());
-            if let Some(after) = after {
-                cmd.arg(*after);
-            }
+            push_read(&mut pipe, channel, *after, None);
         }
         let values = self.run(&pipe).await?;
         values.into_iter().map(parse_read).collect()
+    }
+}
+
+/// Adds one `gw_read` call: the channel's state, and with `after` the
+/// messages after it (at most `limit`, or the whole history).
+fn push_read(
+    pipe: &mut redis::Pipeline,
+    channel: &Channel,
+    after: Option<u64>,
+    limit: Option<usize>,
+) {
+    let cmd = pipe
+        .cmd("FCALL")
+        .arg("gw_read")
+        .arg(1)
+        .arg(channel.as_str());
+    if let Some(after) = after {
+        cmd.arg(after);
+        if let Some(limit) = limit {
+            cmd.arg(limit.max(1));
+        }
     }
 }
 
