@@ -345,13 +345,21 @@ impl Session {
                 self.send(subscribed_json(&s)).await
             }
             Err(e) => {
-                let code = match &e {
-                    SubscribeError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
-                    SubscribeError::TooManyChannels(_) => ErrorCode::TooManyChannels,
-                    SubscribeError::Broker(_) => ErrorCode::Unavailable,
+                let (code, reason) = match &e {
+                    SubscribeError::AlreadySubscribed => {
+                        (ErrorCode::AlreadySubscribed, e.to_string())
+                    }
+                    SubscribeError::TooManyChannels(_) => {
+                        (ErrorCode::TooManyChannels, e.to_string())
+                    }
+                    // A fault of ours or the broker's: logged here, the table's words for the client.
+                    SubscribeError::Broker(cause) => {
+                        tracing::warn!(%cause, "ws subscribe failed");
+                        let code = ErrorCode::Unavailable;
+                        (code, code.info().reason.to_owned())
+                    }
                 };
-                self.error(code, &e.to_string(), Some(channel.as_str()))
-                    .await
+                self.error(code, &reason, Some(channel.as_str())).await
             }
         }
     }
