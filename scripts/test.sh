@@ -21,5 +21,10 @@ fi
 # Browser conformance (tests/tests/browser_eventsource.rs): Debian's chromium and the pinned npm packages.
 tests/browser/install.sh
 
-cargo build --release -p gateway -p clients
+cargo build --release -p gateway -p clients -p loadtest
+
+# The load harness's smoke run: every transport against a real gateway on a
+# private Redis; fails on any lost, duplicated or reordered message.
+LOADTEST_SMOKE_PROFILE=release loadtest/ci-smoke.sh
+
 cargo nextest run --workspace --release "$@"
