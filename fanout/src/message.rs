@@ -92,9 +92,14 @@ fn check_label(s: Option<&str>, field: &'static str) -> Result<(), RequestError>
     }
 }
 
-/// The fields of an envelope a node needs to order and route it; `data` is skipped.
+/// An envelope as decoded by a node: the fields it needs to order and route
+/// it, and every other field decoded too (then dropped), so one strict pass
+/// proves the whole envelope is JSON a client can parse.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EnvelopeHead<'a> {
+    #[serde(rename = "type", borrow)]
+    _kind: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     channel: std::borrow::Cow<'a, str>,
     offset: u64,
@@ -103,6 +108,10 @@ struct EnvelopeHead<'a> {
     time: u64,
     #[serde(default, borrow)]
     id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, rename = "publisher", borrow)]
+    _publisher: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "data")]
+    _data: serde_json::Value,
 }
 
 /// Why an envelope received from a broker could not be used.
@@ -143,13 +152,11 @@ impl Message {
 
     /// Decodes an envelope as the Redis function wrote it.
     ///
-    /// The whole envelope is checked as strict JSON first (UTF-8, numbers in
-    /// range, no lone surrogates): something written into Redis by hand that
+    /// The whole envelope is decoded strictly in one pass (UTF-8, numbers in
+    /// range, no lone surrogates, no unknown fields): something written into Redis by hand that
     /// clients could not decode is refused here, once per node, rather than
     /// handed to every subscriber.
     pub fn from_envelope(envelope: Bytes) -> Result<Self, EnvelopeError> {
-        serde_json::from_slice::<serde_json::Value>(&envelope)
-            .map_err(|e| EnvelopeError(e.to_string()))?;
         let head: EnvelopeHead<'_> =
             serde_json::from_slice(&envelope).map_err(|e| EnvelopeError(e.to_string()))?;
         let channel = Channel::new(&head.channel).map_err(|e| EnvelopeError(e.to_string()))?;
@@ -247,6 +254,19 @@ mod tests {
             (back.offset, back.time_ms, back.id.as_deref()),
             (7, 123, Some("evt\"1"))
         );
+    }
+
+    #[test]
+    fn envelopes_clients_could_not_decode_are_refused() {
+        let env = |data: &str| {
+            Bytes::from(format!(
+                r#"{{"type":"message","channel":"c","offset":1,"epoch":"e","time":1,"data":{data}}}"#
+            ))
+        };
+        assert!(Message::from_envelope(env("[1]")).is_ok());
+        for bad in ["1e400", r#""\ud800""#, "NaN", "01"] {
+            assert!(Message::from_envelope(env(bad)).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]
