@@ -81,12 +81,8 @@ pub async fn handler(
     }
     let id = MultiPosition(positions.clone()).to_string();
     for s in &subscribed {
-        put_event(
-            &mut head,
-            Some("subscribed"),
-            &id,
-            subscribed_json(s).as_bytes(),
-        );
+        let lines = data_lines(subscribed_json(s).as_bytes());
+        put_event(&mut head, Some("subscribed"), Some(&id), &lines);
     }
 
     let index = channels
@@ -127,9 +123,12 @@ fn transient(app: &App, code: ErrorCode) -> Response {
     let data = serde_json::json!({"type": "error", "code": info.code, "reason": info.reason});
     let mut buf = BytesMut::new();
     buf.put_slice(format!("retry: {retry}\n\n").as_bytes());
-    buf.put_slice(b"event: error\n");
-    buf.put_slice(&data_lines(data.to_string().as_bytes()));
-    buf.put_u8(b'\n');
+    put_event(
+        &mut buf,
+        Some("error"),
+        None,
+        &data_lines(data.to_string().as_bytes()),
+    );
     event_stream(Body::from(buf.freeze()))
 }
 
@@ -217,38 +216,36 @@ impl Stream {
                     self.positions[i] = m.position();
                 }
                 let id = MultiPosition(self.positions.clone()).to_string();
-                let data = m.encoded(SSE_SLOT, |m| data_lines(m.envelope()));
-                buf.put_slice(b"id: ");
-                buf.put_slice(id.as_bytes());
-                buf.put_u8(b'\n');
-                match data {
-                    Some(d) => buf.put_slice(d),
-                    None => buf.put_slice(&data_lines(m.envelope())),
+                match m.encoded(SSE_SLOT, |m| data_lines(m.envelope())) {
+                    Some(lines) => put_event(buf, None, Some(&id), lines),
+                    None => put_event(buf, None, Some(&id), &data_lines(m.envelope())),
                 }
-                buf.put_u8(b'\n');
             }
             Event::Reset(s) => {
                 if let Some(&i) = self.index.get(&s.channel) {
                     self.positions[i] = s.position.clone();
                 }
                 let id = MultiPosition(self.positions.clone()).to_string();
-                put_event(buf, Some("subscribed"), &id, subscribed_json(s).as_bytes());
+                let lines = data_lines(subscribed_json(s).as_bytes());
+                put_event(buf, Some("subscribed"), Some(&id), &lines);
             }
         }
     }
 }
 
-/// Appends one complete event.
-fn put_event(buf: &mut BytesMut, event: Option<&str>, id: &str, data: &[u8]) {
+/// Appends one complete event; `lines` are its `data:` lines from [`data_lines`].
+fn put_event(buf: &mut BytesMut, event: Option<&str>, id: Option<&str>, lines: &[u8]) {
     if let Some(name) = event {
         buf.put_slice(b"event: ");
         buf.put_slice(name.as_bytes());
         buf.put_u8(b'\n');
     }
-    buf.put_slice(b"id: ");
-    buf.put_slice(id.as_bytes());
-    buf.put_u8(b'\n');
-    buf.put_slice(&data_lines(data));
+    if let Some(id) = id {
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_slice(lines);
     buf.put_u8(b'\n');
 }
 
